@@ -1,0 +1,191 @@
+"""The ``mergemed`` command: one thin command per verb. Each parses its options, calls the
+library function of the same name, and prints a rich summary. Errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from mergemed.errors import MergemedError
+
+app = typer.Typer(
+    name="mergemed",
+    help="Adapt open LLMs to medicine by weight-space merging.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+stdout = Console()
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning mergemed errors into one line."""
+    try:
+        app()
+    except MergemedError as error:
+        for line in str(error).splitlines():
+            console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        sys.exit(130)
+
+
+@app.command()
+def merge(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (mergekit YAML works as is).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create.")],
+    device: Annotated[str, typer.Option(help="Where the arithmetic runs: cpu, cuda.")] = "cpu",
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard.")] = "5GB",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow .bin/.pt inputs (unpickling can run code).")
+    ] = False,
+    hash_inputs: Annotated[
+        bool, typer.Option(help="Record the SHA-256 of every input file in merge.json.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Merge the models of RECIPE into OUTPUT, streaming one tensor at a time."""
+    from mergemed.checkpoint import human_bytes
+    from mergemed.engine import merge as run_merge
+
+    with Progress(
+        TextColumn("[bold]merging[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[tensor]}", style="dim"),
+        console=console,
+        disable=quiet,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("merge", total=None, tensor="")
+
+        def on_start(total: int, done: int) -> None:
+            bar.update(task, total=total, completed=done)
+
+        def on_progress(written: int, tensor: str) -> None:
+            bar.update(task, advance=written, tensor=tensor)
+
+        result = run_merge(
+            recipe,
+            output,
+            device=device,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            allow_pickle=allow_pickle,
+            hash_inputs=hash_inputs,
+            progress=on_progress,
+            on_start=on_start,
+        )
+    resumed = f", resumed {result.resumed_shards} finished shard(s)" if result.resumed_shards else ""
+    console.print(
+        f"[green]merged[/] {result.tensors} tensors ({human_bytes(result.output_bytes)}, "
+        f"{result.shards} shard(s)) in {result.seconds:.1f} s{resumed} -> [bold]{result.output}[/]"
+    )
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+    png: Annotated[
+        Path | None, typer.Option(help="Where to write the plot (default: <recipe>.plan.png).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    num_layers: Annotated[
+        int | None, typer.Option(help="Layers to assume when the models are not available.")
+    ] = None,
+) -> None:
+    """Show the per-layer, per-component weights RECIPE resolves to, and plot them; no merge."""
+    from mergemed.plan import plan_recipe, plot_plan
+
+    summary = plan_recipe(recipe, num_layers=num_layers)
+    if as_json:
+        stdout.print_json(json.dumps(summary.to_json()))
+        return
+    table = Table(title=f"{recipe.name}: {summary.recipe.merge_method}", show_lines=False)
+    table.add_column("layer", justify="right")
+    table.add_column("component")
+    for column in summary.columns:
+        table.add_column(column, justify="right")
+    for row in summary.rows:
+        cells = ["-" if row["layer"] is None else str(row["layer"]), row["component"]]
+        cells += [_format_value(row[c]) for c in summary.columns]
+        table.add_row(*cells)
+    stdout.print(table)
+    if not summary.used_real_models:
+        console.print(f"[yellow]models not found locally: assumed {summary.plan.num_layers} layers")
+    picture = plot_plan(summary, png or recipe.with_suffix(".plan.png"))
+    console.print(f"plot -> [bold]{picture}[/]")
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> None:
+    """Check RECIPE without touching any model; print it as mergemed reads it."""
+    from mergemed.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    stdout.print(loaded.to_yaml(), highlight=False)
+    console.print(f"[green]valid[/]: {recipe}")
+
+
+@app.command()
+def methods() -> None:
+    """List the merge methods and their parameters."""
+    from mergemed.methods import available_methods, get_method
+
+    table = Table(title="merge methods")
+    for column in ("method", "base model", "parameters", "description"):
+        table.add_column(column)
+    for name in available_methods():
+        method = get_method(name)
+        parameters = ", ".join(
+            f"{p.name}{'*' if p.required else '=' + str(p.default)}"
+            + (" (per model)" if p.scope == "model" else "")
+            for p in method.parameters
+        )
+        table.add_row(name, method.base_model, parameters, method.description)
+    stdout.print(table)
+    stdout.print("* required")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo builds its models.")] = Path(
+        "mergemed-demo"
+    ),
+) -> None:
+    """Build two tiny parents locally, plan and merge them, and generate from the result."""
+    from mergemed.demo import run_demo
+
+    report = run_demo(workdir, console=console)
+    stdout.print(report)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,741 @@
+"""The streaming merge engine: plan -> read -> method -> write, one tensor slice at a time.
+
+Three threads overlap the work: a reader fetches the next slices of every input (``preadv``
+into fresh buffers), the calling thread runs the merge method, and a writer places finished
+slices in the pre-laid-out output shards (``pwrite``). Queues between them are short, so memory
+stays at a few slices whatever the model size. Tensors larger than ``chunk_elements`` are cut
+into slices when the method allows it (linear and task arithmetic element by element; SLERP in
+two passes: statistics, then combination); other methods get whole tensors.
+
+Output goes to a hidden folder beside the destination, renamed into place only when complete.
+Each finished shard is recorded in a journal there, so a merge that was killed resumes from its
+finished shards when run again with the same recipe and inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergemed import __version__
+from mergemed.checkpoint import (
+    DTYPE_NAMES,
+    GENERATION_FILES,
+    TOKENIZER_FILES,
+    Checkpoint,
+    OutputTensor,
+    Shard,
+    ShardWriter,
+    hub_commit,
+    human_bytes,
+    layout_shards,
+    parse_byte_size,
+    resolve_model_folder,
+    write_index,
+)
+from mergemed.errors import MergeError, MergemedError, OutputError
+from mergemed.methods.registry import MergeInputs, MergeMethod
+from mergemed.recipe import Recipe, load_recipe
+from mergemed.schedule import MergePlan, TensorTask, build_plan, layout_from_checkpoint
+
+JOURNAL = ".mergemed-journal.json"
+DEFAULT_CHUNK_ELEMENTS = 16 * 1024 * 1024
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE}
+
+
+@dataclass
+class MergeResult:
+    """What a finished merge produced."""
+
+    output: Path
+    seconds: float
+    output_bytes: int
+    tensors: int
+    shards: int
+    resumed_shards: int
+    report: dict[str, Any] = field(repr=False)
+
+
+ProgressCallback = Callable[[int, str], None]
+"""Called with (bytes just written, tensor name) as output is written."""
+
+
+def merge(
+    recipe: Recipe | str | Path,
+    output: str | Path,
+    *,
+    device: str = "cpu",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    hash_inputs: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> MergeResult:
+    """Merge the models of a recipe into a new model folder.
+
+    Args:
+        recipe: a :class:`Recipe`, or the path of a recipe YAML (mergekit YAML works as is).
+        output: the folder to create.
+        device: where the arithmetic runs: ``cpu`` or ``cuda`` (``cuda:1``...).
+        max_shard_size: largest output shard, e.g. ``"5GB"``.
+        overwrite: replace ``output`` if it exists (only once the new merge is complete).
+        allow_pickle: permit ``.bin``/``.pt`` inputs (unpickling can run code from the file).
+        hash_inputs: record the SHA-256 of every input file (reads each file once more);
+            otherwise the report records each file's size and header digest.
+        chunk_elements: tensors with more elements are merged in slices of this many.
+        progress: called as output bytes are written.
+        on_start: called once with (total output bytes, bytes already done by a resumed run).
+
+    Returns:
+        A :class:`MergeResult`; ``output`` then holds the weights, config, tokenizer,
+        ``recipe.yaml`` (the resolved recipe) and ``merge.json`` (the report).
+
+    Raises:
+        MergemedError: bad recipe, models, output location or numbers; nothing is left behind.
+    """
+    started = time.time()
+    recipe_path = None
+    if not isinstance(recipe, Recipe):
+        recipe_path = Path(recipe)
+        recipe = load_recipe(recipe_path)
+    output = Path(output).absolute()
+    _check_output(output, overwrite)
+    compute_device = _check_device(device)
+    max_shard_bytes = parse_byte_size(max_shard_size)
+
+    search_dirs = [recipe_path.parent.absolute()] if recipe_path else []
+    checkpoints = _open_models(recipe, search_dirs, allow_pickle)
+    try:
+        layouts = {ref: layout_from_checkpoint(cp) for ref, cp in checkpoints.items()}
+        plan = build_plan(recipe, layouts)
+        base_reference = _reference_model(recipe)
+        output_dtype = _output_dtype(recipe, checkpoints[base_reference], plan)
+        shards = layout_shards(
+            [OutputTensor(t.name, output_dtype, t.shape) for t in plan.tasks], max_shard_bytes
+        )
+        fingerprint = _fingerprint(recipe, checkpoints, shards, chunk_elements)
+        partial = output.parent / f".{output.name}.mergemed-partial"
+        completed = _prepare_partial(partial, fingerprint)
+        try:
+            _check_free_space(partial, shards, completed)
+            stats = _run(
+                plan=plan,
+                recipe=recipe,
+                checkpoints=checkpoints,
+                shards=shards,
+                folder=partial,
+                completed=completed,
+                fingerprint=fingerprint,
+                device=compute_device,
+                output_dtype=output_dtype,
+                chunk_elements=chunk_elements,
+                progress=progress,
+                on_start=on_start,
+            )
+            write_index(partial, shards)
+            sources = _write_metadata(partial, recipe, checkpoints, plan, output_dtype)
+            report = _report(
+                recipe, checkpoints, shards, stats, started, device, hash_inputs, sources,
+                len(completed),
+            )
+            (partial / "merge.json").write_text(json.dumps(report, indent=2) + "\n")
+            (partial / "recipe.yaml").write_text(_resolved_recipe(recipe, checkpoints, output_dtype))
+            (partial / JOURNAL).unlink(missing_ok=True)
+            _move_into_place(partial, output, overwrite)
+        except MergemedError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+    return MergeResult(
+        output=output,
+        seconds=time.time() - started,
+        output_bytes=sum(s.file_bytes for s in shards),
+        tensors=len(plan.tasks),
+        shards=len(shards),
+        resumed_shards=len(completed),
+        report=report,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output}: output folder exists; pass --overwrite to replace it")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: exists and is not a folder")
+    parent = output.parent
+    if not parent.is_dir():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as error:
+            raise OutputError(f"{parent}: cannot create folder: {error.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: folder is not writable")
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise MergeError(f"--device {device}: expected cpu or cuda[:index]") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError(f"--device {device}: CUDA is not available on this machine")
+    if parsed.type not in ("cpu", "cuda"):
+        raise MergeError(f"--device {device}: expected cpu or cuda[:index]")
+    return parsed
+
+
+def _open_models(recipe: Recipe, search_dirs, allow_pickle) -> dict[str, Checkpoint]:
+    checkpoints: dict[str, Checkpoint] = {}
+    try:
+        for reference in recipe.model_references():
+            folder = resolve_model_folder(reference, search_dirs=search_dirs)
+            checkpoints[reference] = Checkpoint(folder, reference, allow_pickle=allow_pickle)
+    except MergemedError:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+        raise
+    return checkpoints
+
+
+def _reference_model(recipe: Recipe) -> str:
+    return recipe.base_model or recipe.model_references()[0]
+
+
+def _output_dtype(recipe: Recipe, reference: Checkpoint, plan: MergePlan) -> torch.dtype:
+    if recipe.out_dtype:
+        return DTYPE_NAMES[recipe.out_dtype]
+    if recipe.dtype:
+        return DTYPE_NAMES[recipe.dtype]
+    for task in plan.tasks:
+        source = task.sources[task.base_index or 0]
+        info = reference.tensors.get(source.name)
+        if info is not None and info.dtype.is_floating_point:
+            return info.dtype
+    return torch.float32
+
+
+def _fingerprint(recipe, checkpoints, shards, chunk_elements) -> str:
+    digest = hashlib.sha256()
+    digest.update(recipe.model_dump_json().encode())
+    for reference, checkpoint in sorted(checkpoints.items()):
+        digest.update(reference.encode())
+        for name, header_digest in sorted(checkpoint.header_digests.items()):
+            size = (checkpoint.folder / name).stat().st_size
+            digest.update(f"{name}:{size}:{header_digest}".encode())
+    for shard in shards:
+        digest.update(shard.header)
+    digest.update(f"{chunk_elements}:{__version__}".encode())
+    return digest.hexdigest()
+
+
+def _prepare_partial(partial: Path, fingerprint: str) -> set[str]:
+    """Reuse a partial folder left by an interrupted run of the same merge, else start anew."""
+    journal = partial / JOURNAL
+    if journal.is_file():
+        try:
+            state = json.loads(journal.read_text())
+        except ValueError:
+            state = {}
+        if state.get("fingerprint") == fingerprint:
+            return {
+                name
+                for name, size in state.get("completed", {}).items()
+                if (partial / name).is_file() and (partial / name).stat().st_size == size
+            }
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    _write_journal(partial, fingerprint, {})
+    return set()
+
+
+def _write_journal(partial: Path, fingerprint: str, completed: dict[str, int]) -> None:
+    temporary = partial / (JOURNAL + ".tmp")
+    temporary.write_text(json.dumps({"fingerprint": fingerprint, "completed": completed}))
+    os.replace(temporary, partial / JOURNAL)
+
+
+def _check_free_space(partial: Path, shards: list[Shard], completed: set[str]) -> None:
+    needed = sum(s.file_bytes for s in shards if s.filename not in completed)
+    free = shutil.disk_usage(partial).free
+    if needed > free:
+        raise OutputError(
+            f"{partial.parent}: not enough free space: the merge needs {human_bytes(needed)}, "
+            f"{human_bytes(free)} is free"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass(frozen=True)
+class _WorkItem:
+    task_index: int
+    stage: str  # "statistics" or "combine"
+    start: int
+    count: int | None  # None: the whole tensor, shaped
+    last: bool  # last item of its stage for this tensor
+
+
+@dataclass
+class _Timings:
+    read: float = 0.0
+    compute: float = 0.0
+    write: float = 0.0
+    streamed_tensors: int = 0
+
+
+_DONE = object()
+
+
+def _work_items(plan: MergePlan, skip: set[int], chunk_elements: int) -> Iterator[_WorkItem]:
+    method = plan.method
+    for index, task in enumerate(plan.tasks):
+        if index in skip:
+            continue
+        numel = 1
+        for dim in task.shape:
+            numel *= dim
+        kernel = method.streaming
+        streamed = (
+            kernel is not None
+            and numel > chunk_elements
+            and kernel.applies(_inputs_for(task, [], None))
+        )
+        if not streamed:
+            yield _WorkItem(index, "combine", 0, None, True)
+            continue
+        starts = list(range(0, numel, chunk_elements))
+        stages = ("statistics", "combine") if kernel.accumulate else ("combine",)
+        for stage in stages:
+            for position, start in enumerate(starts):
+                count = min(chunk_elements, numel - start)
+                yield _WorkItem(index, stage, start, count, position == len(starts) - 1)
+
+
+def _inputs_for(task: TensorTask, tensors, generator) -> MergeInputs:
+    return MergeInputs(
+        tensors=tensors,
+        base_index=task.base_index,
+        parameters=task.parameters,
+        model_parameters=task.model_parameters,
+        generator=generator,
+    )
+
+
+def tensor_seed(random_seed: int, tensor_name: str) -> int:
+    """The seed of a tensor's random generator: depends only on the recipe seed and the name."""
+    digest = hashlib.sha256(f"{random_seed}:{tensor_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class _Stage(threading.Thread):
+    """A daemon thread that records the first exception it meets."""
+
+    def __init__(self, target: Callable[[], None], name: str):
+        super().__init__(name=name, daemon=True)
+        self._target_function = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_function()
+        except BaseException as error:
+            self.error = error
+
+
+def _run(
+    *,
+    plan: MergePlan,
+    recipe: Recipe,
+    checkpoints: dict[str, Checkpoint],
+    shards: list[Shard],
+    folder: Path,
+    completed: set[str],
+    fingerprint: str,
+    device: torch.device,
+    output_dtype: torch.dtype,
+    chunk_elements: int,
+    progress: ProgressCallback | None,
+    on_start: Callable[[int, int], None] | None,
+) -> _Timings:
+    method: MergeMethod = plan.method
+    input_dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
+    writer = ShardWriter(folder, shards)
+    shard_of = {t.name: t.shard for s in shards for t in s.tensors}
+    skip = {i for i, t in enumerate(plan.tasks) if shards[shard_of[t.name]].filename in completed}
+    pending_bytes = {s.index: s.data_bytes for s in shards if s.filename not in completed}
+    done_bytes = sum(s.file_bytes for s in shards if s.filename in completed)
+    if on_start:
+        on_start(sum(s.file_bytes for s in shards), done_bytes)
+    for shard in shards:
+        if shard.index in pending_bytes:
+            writer.open(shard)
+
+    timings = _Timings()
+    stop = threading.Event()
+    read_queue: queue.Queue = queue.Queue(maxsize=2)
+    write_queue: queue.Queue = queue.Queue(maxsize=2)
+    finished = {s.filename: s.file_bytes for s in shards if s.filename in completed}
+
+    def read_all() -> None:
+        for item in _work_items(plan, skip, chunk_elements):
+            if stop.is_set():
+                return
+            task = plan.tasks[item.task_index]
+            begin = time.perf_counter()
+            tensors = [
+                checkpoints[s.model].read(s.name, item.start, item.count) for s in task.sources
+            ]
+            timings.read += time.perf_counter() - begin
+            _put(read_queue, (item, tensors), stop)
+        _put(read_queue, _DONE, stop)
+
+    def write_all() -> None:
+        while True:
+            entry = write_queue.get()
+            if entry is _DONE or stop.is_set():
+                return
+            name, start, values = entry
+            begin = time.perf_counter()
+            writer.write(name, start, values)
+            timings.write += time.perf_counter() - begin
+            shard = shards[shard_of[name]]
+            written = values.numel() * values.element_size()
+            pending_bytes[shard.index] -= written
+            if progress:
+                progress(written, name)
+            if pending_bytes[shard.index] == 0:
+                writer.close_shard(shard)
+                finished[shard.filename] = shard.file_bytes
+                _write_journal(folder, fingerprint, finished)
+                if progress:
+                    progress(8 + len(shard.header), name)
+
+    reader = _Stage(read_all, "mergemed-reader")
+    writer_thread = _Stage(write_all, "mergemed-writer")
+    reader.start()
+    writer_thread.start()
+    state: dict[int, Any] = {}
+    try:
+        while True:
+            entry = _get(read_queue, reader)
+            if entry is _DONE:
+                break
+            item, tensors = entry
+            begin = time.perf_counter()
+            result = _compute(
+                method, plan.tasks[item.task_index], item, tensors, state, recipe,
+                input_dtype, output_dtype, device,
+            )
+            timings.compute += time.perf_counter() - begin
+            if result is not None:
+                _put(write_queue, (plan.tasks[item.task_index].name, item.start, result), stop,
+                     watch=writer_thread)
+                if item.count is not None and item.stage == "combine" and item.last:
+                    timings.streamed_tensors += 1
+        _put(write_queue, _DONE, stop, watch=writer_thread)
+        writer_thread.join()
+        if writer_thread.error:
+            raise writer_thread.error
+    except BaseException:
+        stop.set()
+        _drain(read_queue)
+        _drain(write_queue)
+        reader.join(timeout=10)
+        writer_thread.join(timeout=10)
+        writer.close()
+        if writer_thread.error and isinstance(writer_thread.error, MergemedError):
+            raise writer_thread.error from None
+        raise
+    if reader.error:
+        raise reader.error
+    writer.close()
+    return timings
+
+
+def _put(target: queue.Queue, entry: Any, stop: threading.Event, watch: _Stage | None = None):
+    while not stop.is_set():
+        if watch is not None and watch.error is not None:
+            raise watch.error
+        try:
+            target.put(entry, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(source: queue.Queue, producer: _Stage) -> Any:
+    while True:
+        try:
+            return source.get(timeout=0.1)
+        except queue.Empty:
+            if producer.error is not None:
+                raise producer.error from None
+            if not producer.is_alive() and source.empty():
+                raise MergeError("internal error: the reader stopped early")
+
+
+def _drain(target: queue.Queue) -> None:
+    try:
+        while True:
+            target.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _compute(
+    method: MergeMethod,
+    task: TensorTask,
+    item: _WorkItem,
+    tensors: list[torch.Tensor],
+    state: dict[int, Any],
+    recipe: Recipe,
+    input_dtype: torch.dtype | None,
+    output_dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | None:
+    prepared = []
+    for tensor in tensors:
+        tensor = tensor.to(device)
+        if input_dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(input_dtype)
+        prepared.append(tensor)
+    if not prepared[0].is_floating_point():
+        # Integer buffers are not merged: they are copied from the base (or first) model.
+        return prepared[task.base_index or 0].to("cpu")
+    generator = None
+    if method.stochastic:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(tensor_seed(recipe.random_seed, task.name))
+    inputs = _inputs_for(task, prepared, generator)
+    kernel = method.streaming
+    if item.count is None:
+        result = method.merge(inputs)
+    elif item.stage == "statistics":
+        state[item.task_index] = kernel.accumulate(inputs, state.get(item.task_index))
+        if item.last:
+            state[item.task_index] = kernel.finalize(inputs, state[item.task_index])
+        return None
+    else:
+        coefficients = state.get(item.task_index)
+        result = kernel.combine(inputs, coefficients)
+        if item.last:
+            state.pop(item.task_index, None)
+    if not bool(torch.isfinite(result).all()):
+        raise MergeError(
+            f"tensor {task.name!r}: the merge produced NaN or Inf values "
+            "(check the inputs and parameters, e.g. weights that sum to zero)"
+        )
+    return result.to(output_dtype).to("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata, report, hand-over
+
+
+def _write_metadata(folder, recipe, checkpoints, plan, output_dtype) -> dict[str, Any]:
+    base = checkpoints[_reference_model(recipe)]
+    config = dict(base.config)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in config:
+            config[key] = plan.num_layers
+    dtype_name = str(output_dtype).removeprefix("torch.")
+    present = [k for k in ("dtype", "torch_dtype") if k in config]
+    for key in present or ["torch_dtype"]:
+        config[key] = dtype_name
+    if plan.tie_word_embeddings is not None and "tie_word_embeddings" in config:
+        config["tie_word_embeddings"] = plan.tie_word_embeddings
+    elif plan.tie_word_embeddings is False and base.tie_word_embeddings:
+        config["tie_word_embeddings"] = False
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    tokenizer_reference = (
+        _reference_model(recipe)
+        if recipe.tokenizer_source in (None, "base")
+        else recipe.tokenizer_source
+    )
+    tokenizer_folder = checkpoints[tokenizer_reference].folder
+    copied = []
+    for filename in TOKENIZER_FILES + GENERATION_FILES:
+        source = tokenizer_folder / filename
+        if source.is_file():
+            shutil.copyfile(source, folder / filename)
+            copied.append(filename)
+    template_source = _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference)
+    return {
+        "config": _reference_model(recipe),
+        "tokenizer": tokenizer_reference,
+        "tokenizer_files": copied,
+        "chat_template": template_source,
+    }
+
+
+def read_chat_template(folder: Path) -> str | None:
+    """A model folder's chat template (``chat_template.jinja`` or tokenizer_config.json)."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text()).get("chat_template")
+        except ValueError:
+            return None
+        return template if isinstance(template, str) else None
+    return None
+
+
+def _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference) -> str | None:
+    choice = recipe.chat_template
+    if choice is None:
+        return tokenizer_reference if read_chat_template(folder) else None
+    if choice == "auto":
+        templates = [read_chat_template(c.folder) for c in checkpoints.values()]
+        counted = [t for t in templates if t]
+        if not counted:
+            return None
+        template = max(counted, key=counted.count)
+        source = f"auto ({next(r for r, c in checkpoints.items() if read_chat_template(c.folder) == template)})"
+    elif choice in checkpoints:
+        template = read_chat_template(checkpoints[choice].folder)
+        if template is None:
+            raise MergeError(f"chat_template: model {choice!r} has no chat template")
+        source = choice
+    elif choice in BUILTIN_TEMPLATES:
+        template, source = BUILTIN_TEMPLATES[choice], choice
+    elif "{{" in choice or "{%" in choice:
+        template, source = choice, "recipe"
+    else:
+        raise MergeError(
+            f"chat_template: expected auto, chatml, a model of the recipe or a Jinja template, "
+            f"got {choice!r}"
+        )
+    (folder / "chat_template.jinja").write_text(template)
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config.pop("chat_template", None)
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return source
+
+
+def _report(recipe, checkpoints, shards, timings, started, device, hash_inputs, sources, resumed):
+    inputs = {}
+    for reference, checkpoint in checkpoints.items():
+        files = {}
+        for file in checkpoint.files():
+            entry: dict[str, Any] = {"bytes": file.stat().st_size}
+            if file.name in checkpoint.header_digests:
+                entry["header_sha256"] = checkpoint.header_digests[file.name]
+            if hash_inputs:
+                entry["sha256"] = checkpoint.file_digest(file)
+            files[file.name] = entry
+        inputs[reference] = {
+            "folder": str(checkpoint.folder),
+            "revision": hub_commit(checkpoint.folder),
+            "files": files,
+        }
+    finished = time.time()
+    return {
+        "mergemed_version": __version__,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": _package_version("transformers"),
+            "safetensors": _package_version("safetensors"),
+        },
+        "merge_method": recipe.merge_method,
+        "device": str(device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(finished - started, 3),
+        "timings_seconds": {
+            "read": round(timings.read, 3),
+            "compute": round(timings.compute, 3),
+            "write": round(timings.write, 3),
+        },
+        "streamed_tensors": timings.streamed_tensors,
+        "resumed_shards": resumed,
+        "inputs": inputs,
+        "sources": sources,
+        "output": {
+            "bytes": sum(s.file_bytes for s in shards),
+            "tensors": sum(len(s.tensors) for s in shards),
+            "shards": [s.filename for s in shards],
+        },
+    }
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _resolved_recipe(recipe: Recipe, checkpoints: dict[str, Checkpoint], output_dtype) -> str:
+    """The recipe with the values the merge used made explicit (method defaults, dtypes,
+    tokenizer source, Hub commits)."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    parameters = data.setdefault("parameters", {})
+    for parameter in recipe.method.parameters:
+        if parameter.scope == "global" and not parameter.required and parameter.name not in parameters:
+            parameters[parameter.name] = parameter.default
+    if not parameters:
+        data.pop("parameters")
+    data["out_dtype"] = str(output_dtype).removeprefix("torch.")
+    data.setdefault("tokenizer_source", "base")
+    pins = {}
+    for reference, checkpoint in checkpoints.items():
+        commit = hub_commit(checkpoint.folder)
+        if commit and "@" not in reference:
+            pins[reference] = f"{reference}@{commit}"
+    text = json.dumps(data)
+    for reference, pinned in pins.items():
+        text = text.replace(json.dumps(reference), json.dumps(pinned))
+    from mergemed.recipe import Recipe as _Recipe
+
+    return "# Resolved by mergemed " + __version__ + "; merge it again with `mergemed merge`.\n" + (
+        _Recipe.model_validate(json.loads(text)).to_yaml()
+    )
+
+
+def _move_into_place(partial: Path, output: Path, overwrite: bool) -> None:
+    if output.exists():
+        if not overwrite:  # pragma: no cover - checked at the start
+            raise OutputError(f"{output}: output folder exists; pass --overwrite to replace it")
+        retired = output.parent / f".{output.name}.mergemed-old"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(output, retired)
+        os.replace(partial, output)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(partial, output)

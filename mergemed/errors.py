@@ -1,0 +1,27 @@
+"""Errors that name the file, key or tensor at fault and what was expected.
+
+Every error mergemed raises on bad input derives from :class:`MergemedError`. The CLI prints
+its message as one line and exits with status 2; library callers can catch it.
+"""
+
+from __future__ import annotations
+
+
+class MergemedError(Exception):
+    """Base class: a problem with the user's input or environment, stated in one line."""
+
+
+class RecipeError(MergemedError):
+    """A recipe that does not validate: names the file, the line and the key."""
+
+
+class CheckpointError(MergemedError):
+    """A model folder or weight file that cannot be used: names the file or tensor."""
+
+
+class MergeError(MergemedError):
+    """A merge that cannot proceed or produced invalid numbers: names the tensor."""
+
+
+class OutputError(MergemedError):
+    """The output location cannot be written (exists, disk full, not writable)."""

@@ -1,0 +1,136 @@
+"""SLERP: spherical linear interpolation between a base model and one other model.
+
+Each output tensor is interpolated as a whole: the two tensors are flattened into vectors, the
+angle between them is measured on their normalised copies, and the unnormalised tensors are
+mixed with the spherical coefficients. Nearly colinear (or antipodal) pairs, whose angle is too
+small for a stable division, fall back to linear interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mergemed.methods.registry import (
+    MergeInputs,
+    MergeMethod,
+    Parameter,
+    StreamingKernel,
+    compute_dtype,
+    register,
+)
+
+COLINEAR_THRESHOLD = 0.9995
+"""Above this |cos(angle)| the vectors count as colinear and are interpolated linearly."""
+
+NORM_EPSILON = 1e-8
+"""A vector with a smaller norm is not normalised (treated as having norm 1)."""
+
+
+@dataclass
+class SlerpStatistics:
+    """Running sums over a tensor's slices: squared norms and the dot product."""
+
+    base_squared_norm: float = 0.0
+    other_squared_norm: float = 0.0
+    dot: float = 0.0
+
+
+def slerp_statistics(
+    base: torch.Tensor, other: torch.Tensor, into: SlerpStatistics | None = None
+) -> SlerpStatistics:
+    """Add the squared norms and dot product of a slice of both tensors to ``into``."""
+    stats = into or SlerpStatistics()
+    dtype = torch.float64
+    a = base.reshape(-1).to(dtype)
+    b = other.reshape(-1).to(dtype)
+    stats.base_squared_norm += float(torch.dot(a, a))
+    stats.other_squared_norm += float(torch.dot(b, b))
+    stats.dot += float(torch.dot(a, b))
+    return stats
+
+
+def slerp_coefficients(
+    interpolation_weight: float, stats: SlerpStatistics
+) -> tuple[float, float]:
+    """Return the coefficients ``(c_base, c_other)`` of ``c_base * base + c_other * other``."""
+    base_norm = math.sqrt(stats.base_squared_norm)
+    other_norm = math.sqrt(stats.other_squared_norm)
+    base_norm = base_norm if base_norm > NORM_EPSILON else 1.0
+    other_norm = other_norm if other_norm > NORM_EPSILON else 1.0
+    cosine = max(-1.0, min(1.0, stats.dot / (base_norm * other_norm)))
+    t = interpolation_weight
+    if abs(cosine) > COLINEAR_THRESHOLD:
+        return 1.0 - t, t
+    theta = math.acos(cosine)
+    sin_theta = math.sin(theta)
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+def slerp(interpolation_weight: float, base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Spherically interpolate from ``base`` (t = 0) to ``other`` (t = 1).
+
+    The result is in float32 (float64 for float64 inputs).
+    """
+    stats = slerp_statistics(base, other)
+    return _combine(base, other, slerp_coefficients(interpolation_weight, stats))
+
+
+def _combine(
+    base: torch.Tensor, other: torch.Tensor, coefficients: tuple[float, float]
+) -> torch.Tensor:
+    dtype = compute_dtype(base)
+    c_base, c_other = coefficients
+    result = base.to(dtype) * c_base
+    result.add_(other.to(dtype), alpha=c_other)
+    return result
+
+
+def _pair(inputs: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    base_index = inputs.base_index
+    other_index = 1 - base_index
+    return inputs.tensors[base_index], inputs.tensors[other_index]
+
+
+def _merge(inputs: MergeInputs) -> torch.Tensor:
+    base, other = _pair(inputs)
+    return slerp(inputs.parameters["t"], base, other)
+
+
+def _accumulate(inputs: MergeInputs, state: SlerpStatistics | None) -> SlerpStatistics:
+    return slerp_statistics(*_pair(inputs), into=state)
+
+
+def _finalize(inputs: MergeInputs, state: SlerpStatistics) -> tuple[float, float]:
+    return slerp_coefficients(inputs.parameters["t"], state)
+
+
+def _combine_slice(inputs: MergeInputs, coefficients: tuple[float, float]) -> torch.Tensor:
+    return _combine(*_pair(inputs), coefficients)
+
+
+register(
+    MergeMethod(
+        name="slerp",
+        merge=_merge,
+        parameters=(
+            Parameter(
+                "t",
+                "global",
+                float,
+                minimum=0.0,
+                maximum=1.0,
+                description="interpolation weight: 0 gives the base model, 1 the other",
+            ),
+        ),
+        base_model="required",
+        min_models=2,
+        max_models=2,
+        streaming=StreamingKernel(
+            combine=_combine_slice, accumulate=_accumulate, finalize=_finalize
+        ),
+        description="spherical interpolation between the base model and one other model",
+    )
+)

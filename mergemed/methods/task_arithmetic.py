@@ -1,0 +1,229 @@
+"""Task-arithmetic family: task_arithmetic, ties, dare_ties, dare_linear.
+
+Each non-base model contributes a task vector ``delta = model - base``. Deltas may be sparsified
+(TIES keeps the largest magnitudes, DARE drops entries at random), and rescaled so the L1 norm of
+a sparsified delta equals the original's. The weighted deltas are summed (TIES and DARE-TIES only
+where their sign agrees with the elected sign), optionally divided by the sum of the weights that
+contributed, scaled by ``lambda`` and added to the base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from mergemed.methods.registry import (
+    MergeInputs,
+    MergeMethod,
+    Parameter,
+    StreamingKernel,
+    compute_dtype,
+    register,
+)
+
+Sparsification = Literal["magnitude", "random"] | None
+RESCALE_EPSILON = 1e-7
+WEIGHT_SUM_EPSILON = 1e-8
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Mask keeping the ``max(1, int(density * n))`` largest-magnitude entries of ``delta``."""
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    keep = max(1, int(density * delta.numel()))
+    flat = delta.abs().reshape(-1)
+    mask = torch.zeros_like(flat)
+    mask[torch.topk(flat, keep, sorted=False).indices] = 1
+    return mask.reshape(delta.shape)
+
+
+def random_mask(
+    delta: torch.Tensor, density: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Bernoulli mask keeping each entry with probability ``density`` (drawn from ``generator``)."""
+    probabilities = torch.full_like(delta, density)
+    return torch.bernoulli(probabilities, generator=generator)
+
+
+def rescale_to_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Scale ``masked`` so that its L1 norm equals that of ``original``."""
+    before = original.abs().sum()
+    after = masked.abs().sum()
+    if before < RESCALE_EPSILON or after < RESCALE_EPSILON:
+        return masked
+    return masked * (before / after)
+
+
+def sparsify(
+    delta: torch.Tensor,
+    density: float,
+    method: Sparsification,
+    rescale: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Drop entries of a task vector (``magnitude`` or ``random``), optionally rescaling."""
+    if method is None or density >= 1:
+        return delta
+    if method == "magnitude":
+        mask = magnitude_mask(delta, density)
+    else:
+        mask = random_mask(delta, density, generator)
+    masked = delta * mask
+    return rescale_to_l1(delta, masked) if rescale else masked
+
+
+def sign_consensus_mask(weighted_deltas: torch.Tensor) -> torch.Tensor:
+    """TIES sign election: keep entries whose sign equals the sign of the weighted sum.
+
+    ``weighted_deltas`` is stacked along dimension 0. A zero sum elects the positive sign; a zero
+    entry never agrees with the elected sign, so it neither contributes nor counts its weight.
+    """
+    elected = torch.where(weighted_deltas.sum(dim=0) >= 0, 1.0, -1.0).to(weighted_deltas.dtype)
+    return weighted_deltas.sign() == elected
+
+
+def combine_task_vectors(
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    sign_consensus: bool = False,
+) -> torch.Tensor:
+    """Return ``base + lambda * combine(weights_i * delta_i)``.
+
+    With ``sign_consensus`` only entries agreeing with the elected sign are summed, and
+    normalisation divides by the weights of the entries that were kept.
+    """
+    dtype = compute_dtype(base)
+    base = base.to(dtype)
+    if not deltas:
+        return base
+    stacked = torch.stack([d.to(dtype) for d in deltas])
+    weight_tensor = torch.tensor(list(weights), dtype=dtype, device=base.device)
+    weight_tensor = weight_tensor.reshape((-1,) + (1,) * base.dim())
+    stacked.mul_(weight_tensor)
+    if sign_consensus:
+        mask = sign_consensus_mask(stacked)
+        mixed = (stacked * mask).sum(dim=0)
+        divisor = (weight_tensor * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = stacked.sum(dim=0)
+        divisor = weight_tensor.sum(dim=0)
+        divisor[divisor.abs() < WEIGHT_SUM_EPSILON] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lambda_ != 1:
+        mixed = mixed * lambda_
+    return base + mixed
+
+
+@dataclass(frozen=True)
+class _Variant:
+    name: str
+    sparsification: Sparsification
+    sign_consensus: bool
+    default_normalize: bool
+    default_rescale: bool
+    description: str
+
+
+def _make_merge(variant: _Variant):
+    def merge(inputs: MergeInputs) -> torch.Tensor:
+        base = inputs.tensors[inputs.base_index].to(compute_dtype(inputs.tensors[0]))
+        parameters = inputs.parameters
+        deltas, weights = [], []
+        for index in inputs.others():
+            model_parameters = inputs.model_parameters[index]
+            delta = inputs.tensors[index].to(base.dtype) - base
+            delta = sparsify(
+                delta,
+                model_parameters["density"],
+                variant.sparsification,
+                parameters["rescale"],
+                inputs.generator,
+            )
+            deltas.append(delta)
+            weights.append(model_parameters["weight"])
+        return combine_task_vectors(
+            base,
+            deltas,
+            weights,
+            lambda_=parameters["lambda"],
+            normalize=parameters["normalize"],
+            sign_consensus=variant.sign_consensus,
+        )
+
+    return merge
+
+
+def _elementwise(variant: _Variant):
+    """Without sparsification every output entry depends only on the same input entries."""
+
+    def applies(inputs: MergeInputs) -> bool:
+        if variant.sparsification is None:
+            return True
+        return all(inputs.model_parameters[i]["density"] >= 1 for i in inputs.others())
+
+    merge = _make_merge(variant)
+    return StreamingKernel(combine=lambda inputs, _: merge(inputs), applies=applies)
+
+
+_VARIANTS = (
+    _Variant("task_arithmetic", None, False, False, False, "base + lambda * sum of task vectors"),
+    _Variant("ties", "magnitude", True, True, False, "TIES: trim, elect sign, disjoint merge"),
+    _Variant("dare_ties", "random", True, False, True, "DARE random drop + TIES sign election"),
+    _Variant("dare_linear", "random", False, False, True, "DARE random drop + weighted sum"),
+)
+
+for _variant in _VARIANTS:
+    register(
+        MergeMethod(
+            name=_variant.name,
+            merge=_make_merge(_variant),
+            parameters=(
+                Parameter("weight", "model", float, description="weight of each task vector"),
+                Parameter(
+                    "density",
+                    "model",
+                    float,
+                    1.0,
+                    minimum=0.0,
+                    maximum=1.0,
+                    description="fraction of each task vector kept",
+                ),
+                Parameter(
+                    "normalize",
+                    "global",
+                    bool,
+                    _variant.default_normalize,
+                    description="divide by the sum of the weights that contribute",
+                ),
+                Parameter(
+                    "rescale",
+                    "global",
+                    bool,
+                    _variant.default_rescale,
+                    description="rescale sparsified task vectors to their original L1 norm",
+                ),
+                Parameter("lambda", "global", float, 1.0, description="scale of the sum"),
+                Parameter(
+                    "int8_mask",
+                    "global",
+                    bool,
+                    False,
+                    description="accepted for mergekit compatibility; masks are boolean anyway",
+                ),
+            ),
+            base_model="required",
+            min_models=2,
+            streaming=_elementwise(_variant),
+            stochastic=_variant.sparsification == "random",
+            description=_variant.description,
+        )
+    )

@@ -1,0 +1,424 @@
+"""Recipes: the YAML file that says what to merge, validated by pydantic.
+
+A recipe is a superset of mergekit's merge configuration: any mergekit YAML using
+``merge_method``, ``models`` or ``slices``, ``base_model``, ``parameters``, ``dtype``,
+``out_dtype``, ``tokenizer_source`` and ``chat_template`` loads unchanged. mergemed adds
+``name``, ``description`` and ``random_seed``.
+
+Every field below is named exactly as its YAML key. Errors name the file, the line and the key
+path (``recipe.yaml:7: parameters.t[2]: expected a number in [0, 1], got 1.5``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+from mergemed.errors import RecipeError
+from mergemed.methods import get_method
+from mergemed.methods.registry import MergeMethod, suggest
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+"""A single parameter value."""
+
+ScalarOrGradient = Union[Scalar, list[Scalar]]
+"""A value, or a list of anchors spread over the layers of a slice (a gradient)."""
+
+DType = Literal["float32", "float16", "bfloat16", "float64"]
+
+
+class Rule(BaseModel):
+    """A conditional value: applies to tensors whose name contains ``filter``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    filter: str | None = None
+    """Substring of the tensor name (``self_attn``, ``mlp``, ``q_proj``...); absent or ``*``
+    matches every tensor. Rules are tried in order and the first match wins."""
+    value: ScalarOrGradient
+    """The value (or gradient) for matching tensors."""
+
+
+ParameterSetting = Union[Rule, list[Rule], ScalarOrGradient]
+"""What a parameter may be set to: a scalar, a gradient list, or a list of ``{filter, value}``."""
+
+Parameters = dict[str, ParameterSetting]
+
+
+class ModelEntry(BaseModel):
+    """One input model of a ``models:`` recipe."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """Local folder or Hugging Face Hub id, optionally ``@revision`` (branch, tag or commit)."""
+    parameters: Parameters | None = None
+    """Per-model parameters (``weight``, ``density``...); they override global ones."""
+
+
+class SliceSource(BaseModel):
+    """A run of consecutive layers taken from one model."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """Local folder or Hub id (``@revision`` allowed)."""
+    layer_range: tuple[int, int]
+    """``[start, end)`` layer indices in the source model."""
+    parameters: Parameters | None = None
+    """Per-model parameters for this source."""
+
+
+class OutputSlice(BaseModel):
+    """A run of output layers merged from several sources with the same number of layers."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    sources: list[SliceSource] = Field(min_length=1)
+    """The models (and their layer ranges) merged into these output layers."""
+    base_model: str | None = None
+    """Overrides the recipe's ``base_model`` for this slice."""
+    parameters: Parameters | None = None
+    """Slice-level parameters; override global ones."""
+
+
+class Recipe(BaseModel):
+    """A merge recipe. Exactly one of ``models`` and ``slices`` is given."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    merge_method: str
+    """``linear``, ``slerp``, ``task_arithmetic``, ``ties``, ``dare_ties``, ``dare_linear`` or
+    ``passthrough``."""
+    models: list[ModelEntry] | None = None
+    """Models merged over all their layers."""
+    slices: list[OutputSlice] | None = None
+    """Output layers built slice by slice (mergekit's ``slices:``)."""
+    base_model: str | None = None
+    """The base: the t = 0 end of SLERP, the origin of task vectors; its config is copied."""
+    parameters: Parameters | None = None
+    """Global parameters of the method."""
+    dtype: DType | None = None
+    """Inputs are converted to this dtype before merging (default: as stored)."""
+    out_dtype: DType | None = None
+    """dtype of the written weights (default: ``dtype``, else the inputs')."""
+    tokenizer_source: str | None = None
+    """Where tokenizer, generation config and chat template come from: ``base`` (default) or
+    a model of the recipe. (``union`` needs vocabulary alignment, not yet available.)"""
+    chat_template: str | None = None
+    """``auto`` (most common among the inputs), a model of the recipe, ``chatml``, or a Jinja
+    template string. Default: the tokenizer source's template."""
+    name: str | None = None
+    """Name of the merged model (mergemed; used in reports and cards)."""
+    description: str | None = None
+    """Free text (mergemed)."""
+    random_seed: StrictInt = 0
+    """Seed of stochastic methods (DARE); each tensor draws from a generator seeded by
+    this seed and the tensor's name, so results do not depend on order (mergemed)."""
+
+    @property
+    def method(self) -> MergeMethod:
+        return get_method(self.merge_method)
+
+    def model_references(self) -> list[str]:
+        """Every model the recipe names, base first when given, without duplicates."""
+        seen: list[str] = []
+        candidates: list[str] = [self.base_model] if self.base_model else []
+        for entry in self.models or []:
+            candidates.append(entry.model)
+        for output_slice in self.slices or []:
+            if output_slice.base_model:
+                candidates.append(output_slice.base_model)
+            candidates.extend(source.model for source in output_slice.sources)
+        for reference in candidates:
+            if reference not in seen:
+                seen.append(reference)
+        return seen
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML (defaults omitted unless they were set)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, width=100)
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    def represent_list(self, data):
+        flow = all(isinstance(item, int | float) and not isinstance(item, bool) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_RecipeDumper.add_representer(list, _RecipeDumper.represent_list)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+class _Located:
+    """Maps key paths of a YAML document to line numbers."""
+
+    def __init__(self, node: yaml.Node | None):
+        self.lines: dict[tuple[Any, ...], int] = {}
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self._walk(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, (*path, index))
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+
+def format_path(path: tuple[Any, ...]) -> str:
+    """``("models", 1, "parameters", "weight")`` -> ``models[1].parameters.weight``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _clean_loc(loc: tuple[Any, ...], located: _Located) -> tuple[Any, ...]:
+    """Drop pydantic's union-member tags from an error location, keeping real keys."""
+    path: tuple[Any, ...] = ()
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in located.lines or isinstance(part, int):
+            path = candidate
+        elif isinstance(part, str) and part[:1].isalpha() and "[" not in part and part.islower():
+            # A key absent from the YAML (a missing field) still belongs in the path.
+            if not any(c in part for c in "-[]"):
+                path = candidate
+    return path
+
+
+class _RecipeProblems:
+    def __init__(self, source: str, located: _Located):
+        self.source = source
+        self.located = located
+        self.lines: list[str] = []
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        line = self.located.line(path)
+        where = f"{self.source}:{line}" if line else self.source
+        self.lines.append(f"{where}: {format_path(path)}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            unique = list(dict.fromkeys(self.lines))
+            raise RecipeError("\n".join(unique))
+
+
+def _pydantic_message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    message = error["msg"]
+    if "input" in error and kind not in ("missing",):
+        shown = repr(error["input"])
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        message = f"{message}, got {shown}"
+    return message
+
+
+def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
+    """Load and validate a recipe from a YAML file, a YAML string or a dict.
+
+    Raises:
+        RecipeError: one line per problem, each naming the file, line and key path.
+    """
+    name = "recipe"
+    text: str | None = None
+    if isinstance(source, dict):
+        data = source
+        located = _Located(None)
+    else:
+        path = Path(source) if not (isinstance(source, str) and "\n" in source) else None
+        if path is not None:
+            name = str(path)
+            if not path.is_file():
+                raise RecipeError(f"{path}: recipe file not found")
+            text = path.read_text(encoding="utf-8")
+        else:
+            text = str(source)
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{name}:{mark.line + 1}" if mark else name
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise RecipeError(f"{where}: not valid YAML: {problem}") from None
+        located = _Located(node)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{name}: expected a mapping of recipe keys, got {type(data).__name__}")
+
+    problems = _RecipeProblems(name, located)
+    _check_unsupported_mergekit_keys(data, problems)
+    problems.raise_if_any()
+    try:
+        recipe = Recipe.model_validate(data)
+    except PydanticValidationError as error:
+        for item in error.errors():
+            problems.add(_clean_loc(tuple(item["loc"]), located), _pydantic_message(item))
+        # A union error repeats once per member; keep the most specific message per key.
+        problems.lines = _most_specific(problems.lines)
+        problems.raise_if_any()
+        raise  # pragma: no cover
+    _check_semantics(recipe, problems)
+    problems.raise_if_any()
+    return recipe
+
+
+def _most_specific(lines: list[str]) -> list[str]:
+    by_key: dict[str, str] = {}
+    for line in lines:
+        key = line.rsplit(": ", 1)[0]
+        by_key.setdefault(key, line)
+    return list(by_key.values())
+
+
+def _check_unsupported_mergekit_keys(data: dict[str, Any], problems: _RecipeProblems) -> None:
+    if "modules" in data:
+        problems.add(("modules",), "multi-module recipes are not supported; use models or slices")
+    if "tokenizer" in data:
+        problems.add(
+            ("tokenizer",),
+            "the tokenizer section (vocabulary alignment) is not supported yet; "
+            "use tokenizer_source: base or a model of the recipe",
+        )
+
+
+def _settings(recipe: Recipe) -> Iterator[tuple[tuple[Any, ...], Parameters, str]]:
+    """Yield every parameters mapping with its key path and scope (global or model)."""
+    if recipe.parameters:
+        yield ("parameters",), recipe.parameters, "global"
+    for index, entry in enumerate(recipe.models or []):
+        if entry.parameters:
+            yield ("models", index, "parameters"), entry.parameters, "model"
+    for slice_index, output_slice in enumerate(recipe.slices or []):
+        if output_slice.parameters:
+            yield ("slices", slice_index, "parameters"), output_slice.parameters, "global"
+        for source_index, source in enumerate(output_slice.sources):
+            if source.parameters:
+                path = ("slices", slice_index, "sources", source_index, "parameters")
+                yield path, source.parameters, "model"
+
+
+def _check_value(method: MergeMethod, name: str, setting: Any, path, problems) -> None:
+    parameter = method.parameter(name)
+    if isinstance(setting, Rule):
+        setting = [setting]
+    if isinstance(setting, list) and setting and all(isinstance(r, Rule) for r in setting):
+        for index, rule in enumerate(setting):
+            _check_value(method, name, rule.value, (*path, index, "value"), problems)
+        return
+    if isinstance(setting, list):
+        if not setting:
+            problems.add(path, "empty gradient list; expected at least one value")
+            return
+        for index, anchor in enumerate(setting):
+            why = parameter.check(anchor)
+            if why:
+                problems.add((*path, index), why)
+        return
+    why = parameter.check(setting)
+    if why:
+        problems.add(path, why)
+
+
+def _check_semantics(recipe: Recipe, problems: _RecipeProblems) -> None:
+    try:
+        method = recipe.method
+    except RecipeError as error:
+        problems.add(("merge_method",), str(error).removeprefix("unknown merge_method ").strip())
+        return
+    if bool(recipe.models) == bool(recipe.slices):
+        problems.add((), "expected exactly one of 'models' or 'slices'")
+        return
+
+    for path, parameters, scope in _settings(recipe):
+        for name, setting in parameters.items():
+            parameter = method.parameter(name)
+            if parameter is None:
+                accepted = ", ".join(p.name for p in method.parameters) or "none"
+                problems.add(
+                    (*path, name),
+                    f"unknown parameter for {method.name}{suggest(name, list(method.parameter_index))}"
+                    f"; accepted: {accepted}",
+                )
+                continue
+            if scope == "model" and parameter.scope == "global":
+                problems.add(
+                    (*path, name),
+                    f"{name} applies to the whole merge in {method.name}; set it under the "
+                    "top-level (or slice) parameters, not a model's",
+                )
+                continue
+            _check_value(method, name, setting, (*path, name), problems)
+
+    if method.base_model == "required" and not recipe.base_model:
+        if not all(s.base_model for s in recipe.slices or []) or recipe.models:
+            problems.add(("base_model",), f"{method.name} needs a base_model")
+
+    for index, output_slice in enumerate(recipe.slices or []):
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in output_slice.sources}
+        for source_index, source in enumerate(output_slice.sources):
+            start, end = source.layer_range
+            if start < 0 or end <= start:
+                problems.add(
+                    ("slices", index, "sources", source_index, "layer_range"),
+                    f"expected [start, end) with 0 <= start < end, got [{start}, {end}]",
+                )
+        if len(lengths) > 1:
+            problems.add(
+                ("slices", index, "sources"),
+                f"all sources of a slice must have the same number of layers, got {sorted(lengths)}",
+            )
+
+    count = len(recipe.models) if recipe.models else None
+    if count is not None:
+        if recipe.base_model and recipe.base_model not in [m.model for m in recipe.models or []]:
+            if method.base_model != "ignored":
+                count += 1
+        if count < method.min_models:
+            problems.add(("models",), f"{method.name} needs at least {method.min_models} models")
+        if method.max_models is not None and count > method.max_models:
+            problems.add(
+                ("models",), f"{method.name} takes at most {method.max_models} models, got {count}"
+            )
+
+    names = set(recipe.model_references())
+    if recipe.tokenizer_source not in (None, "base") and recipe.tokenizer_source not in names:
+        if recipe.tokenizer_source == "union":
+            problems.add(
+                ("tokenizer_source",),
+                "'union' needs vocabulary alignment, not yet available; "
+                "use 'base' or a model of the recipe",
+            )
+        else:
+            problems.add(
+                ("tokenizer_source",),
+                f"expected 'base' or one of the recipe's models ({', '.join(sorted(names))})",
+            )
