@@ -563,9 +563,15 @@ def _compute(
 def _write_metadata(folder, recipe, checkpoints, plan, output_dtype) -> dict[str, Any]:
     base = checkpoints[_reference_model(recipe)]
     config = dict(base.config)
+    original_layers = base.num_layers
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if key in config:
             config[key] = plan.num_layers
+    if plan.num_layers != original_layers or plan.layer_origins != list(range(plan.num_layers)):
+        # Per-layer settings (layer_types, sliding-window flags...) follow their layers.
+        for key, value in list(config.items()):
+            if isinstance(value, list) and len(value) == original_layers:
+                config[key] = [value[origin] for origin in plan.layer_origins]
     dtype_name = str(output_dtype).removeprefix("torch.")
     present = [k for k in ("dtype", "torch_dtype") if k in config]
     for key in present or ["torch_dtype"]:

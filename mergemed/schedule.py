@@ -149,6 +149,8 @@ class MergePlan:
     method: MergeMethod
     tasks: list[TensorTask] = field(default_factory=list)
     num_layers: int = 0
+    layer_origins: list[int] = field(default_factory=list)
+    """For each output layer, the layer of the slice's reference model it comes from."""
     models: list[str] = field(default_factory=list)
     tie_word_embeddings: bool | None = None
 
@@ -227,6 +229,9 @@ def build_plan(recipe: Recipe, layouts: dict[str, ModelLayout]) -> MergePlan:
             plan.tasks.extend(
                 _plan_layer(recipe, method, output_slice, offset, output_layer, position, layouts)
             )
+            reference = _reference_model(output_slice)
+            origin = next(s for s in output_slice.sources if s.model == reference)
+            plan.layer_origins.append(origin.layer_range[0] + offset)
             output_layer += 1
     plan.num_layers = output_layer
 

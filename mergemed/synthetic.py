@@ -58,8 +58,20 @@ BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 CHAT_START_TOKEN = "<|im_start|>"
 CHAT_END_TOKEN = "<|im_end|>"
-SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, CHAT_START_TOKEN, CHAT_END_TOKEN)
-"""Special tokens, in id order: ``<pad>`` is 0, ``<s>`` is 1, ``</s>`` is 2."""
+END_OF_TEXT_TOKEN = "<|endoftext|>"
+SPECIAL_TOKENS = (
+    PAD_TOKEN,
+    BOS_TOKEN,
+    EOS_TOKEN,
+    CHAT_START_TOKEN,
+    CHAT_END_TOKEN,
+    END_OF_TEXT_TOKEN,
+)
+"""Special tokens, in id order: ``<pad>`` is 0, ``<s>`` is 1, ``</s>`` is 2.
+
+``<|endoftext|>`` is there because ``transformers`` loads the tokenizer of a ``qwen2`` model
+folder as ``Qwen2Tokenizer``, which adds that token when it is missing (growing the vocabulary
+past the embedding)."""
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -307,7 +319,8 @@ def build_tokenizer(
     """Train a small byte-level BPE tokenizer and save it as a ``transformers`` tokenizer.
 
     The tokenizer has ``<pad>`` (id 0), ``<s>`` (bos, id 1, prepended on encode), ``</s>``
-    (eos, id 2), ``<|im_start|>`` and ``<|im_end|>``, and a ChatML-style ``chat_template``.
+    (eos, id 2), ``<|im_start|>``, ``<|im_end|>`` and ``<|endoftext|>``, and a ChatML-style
+    ``chat_template``.
     Training is deterministic: the same text and vocabulary size give the same files.
 
     Args:
@@ -355,7 +368,7 @@ def build_tokenizer(
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        additional_special_tokens=[CHAT_START_TOKEN, CHAT_END_TOKEN],
+        additional_special_tokens=[CHAT_START_TOKEN, CHAT_END_TOKEN, END_OF_TEXT_TOKEN],
         model_max_length=2048,
     )
     wrapped.chat_template = CHAT_TEMPLATE
@@ -604,9 +617,9 @@ def _add_noise(
     total = 0.0
     total_squares = 0.0
     for start in range(0, flat.numel(), NOISE_CHUNK_ELEMENTS):
-        chunk = flat[start : start + NOISE_CHUNK_ELEMENTS].to(torch.float64)
+        chunk = flat[start : start + NOISE_CHUNK_ELEMENTS].to(torch.float32)
         total += chunk.sum().item()
-        total_squares += chunk.square().sum().item()
+        total_squares += torch.dot(chunk, chunk).item()
     count = flat.numel()
     mean = total / count
     rms = math.sqrt(total_squares / count)
