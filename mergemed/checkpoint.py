@@ -153,7 +153,9 @@ def _resolve_hub(parsed: ModelReference) -> Path:
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"model {parsed.text!r}: cannot fetch from the Hub: {first_line}")
+        raise CheckpointError(
+            f"model {parsed.text!r}: cannot fetch from the Hub: {first_line}"
+        ) from None
     return Path(folder)
 
 
@@ -288,7 +290,9 @@ class Checkpoint:
             try:
                 weight_map = json.loads(index_path.read_text())["weight_map"]
             except (ValueError, KeyError):
-                raise CheckpointError(f"{index_path}: expected a JSON object with weight_map")
+                raise CheckpointError(
+                    f"{index_path}: expected a JSON object with weight_map"
+                ) from None
             named = {self.folder / name for name in weight_map.values()}
             missing = sorted(p.name for p in named if not p.is_file())
             if missing:
@@ -299,13 +303,17 @@ class Checkpoint:
             self.header_digests[file.name] = hashlib.sha256(raw).hexdigest()
             for name, info in tensors.items():
                 if name in self.tensors:
-                    raise CheckpointError(f"{file}: tensor {name!r} also in {self.tensors[name].file}")
+                    raise CheckpointError(
+                        f"{file}: tensor {name!r} also in {self.tensors[name].file}"
+                    )
                 self.tensors[name] = info
 
     def _index_pickle(self, allow_pickle: bool) -> None:
         files = sorted(p for p in self.folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if not files:
-            raise CheckpointError(f"{self.folder}: no *.safetensors weights (model {self.reference!r})")
+            raise CheckpointError(
+                f"{self.folder}: no *.safetensors weights (model {self.reference!r})"
+            )
         if not allow_pickle:
             raise CheckpointError(
                 f"{files[0]}: pickle checkpoint refused; loading it can run code from the file. "
@@ -316,7 +324,9 @@ class Checkpoint:
             try:
                 loaded = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
             except Exception as error:  # torch raises many types for corrupt pickles
-                raise CheckpointError(f"{file}: cannot load: {str(error).splitlines()[0]}") from None
+                raise CheckpointError(
+                    f"{file}: cannot load: {str(error).splitlines()[0]}"
+                ) from None
             state.update(loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {})
         self._pickled = state
         for name, tensor in state.items():
@@ -362,7 +372,11 @@ class Checkpoint:
             if read == 0:
                 raise CheckpointError(f"{info.file}: truncated while reading tensor {name!r}")
             done += read
-        flat = torch.frombuffer(buffer, dtype=info.dtype) if buffer else torch.empty(0, dtype=info.dtype)
+        flat = (
+            torch.frombuffer(buffer, dtype=info.dtype)
+            if buffer
+            else torch.empty(0, dtype=info.dtype)
+        )
         return flat.reshape(info.shape) if whole else flat
 
     def _descriptor(self, path: Path) -> int:

@@ -95,7 +95,9 @@ def merge(
             progress=on_progress,
             on_start=on_start,
         )
-    resumed = f", resumed {result.resumed_shards} finished shard(s)" if result.resumed_shards else ""
+    resumed = (
+        f", resumed {result.resumed_shards} finished shard(s)" if result.resumed_shards else ""
+    )
     console.print(
         f"[green]merged[/] {result.tensors} tensors ({human_bytes(result.output_bytes)}, "
         f"{result.shards} shard(s)) in {result.seconds:.1f} s{resumed} -> [bold]{result.output}[/]"

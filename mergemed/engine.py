@@ -154,11 +154,20 @@ def merge(
             write_index(partial, shards)
             sources = _write_metadata(partial, recipe, checkpoints, plan, output_dtype)
             report = _report(
-                recipe, checkpoints, shards, stats, started, device, hash_inputs, sources,
+                recipe,
+                checkpoints,
+                shards,
+                stats,
+                started,
+                device,
+                hash_inputs,
+                sources,
                 len(completed),
             )
             (partial / "merge.json").write_text(json.dumps(report, indent=2) + "\n")
-            (partial / "recipe.yaml").write_text(_resolved_recipe(recipe, checkpoints, output_dtype))
+            (partial / "recipe.yaml").write_text(
+                _resolved_recipe(recipe, checkpoints, output_dtype)
+            )
             (partial / JOURNAL).unlink(missing_ok=True)
             _move_into_place(partial, output, overwrite)
         except MergemedError:
@@ -451,13 +460,24 @@ def _run(
             item, tensors = entry
             begin = time.perf_counter()
             result = _compute(
-                method, plan.tasks[item.task_index], item, tensors, state, recipe,
-                input_dtype, output_dtype, device,
+                method,
+                plan.tasks[item.task_index],
+                item,
+                tensors,
+                state,
+                recipe,
+                input_dtype,
+                output_dtype,
+                device,
             )
             timings.compute += time.perf_counter() - begin
             if result is not None:
-                _put(write_queue, (plan.tasks[item.task_index].name, item.start, result), stop,
-                     watch=writer_thread)
+                _put(
+                    write_queue,
+                    (plan.tasks[item.task_index].name, item.start, result),
+                    stop,
+                    watch=writer_thread,
+                )
                 if item.count is not None and item.stage == "combine" and item.last:
                     timings.streamed_tensors += 1
         _put(write_queue, _DONE, stop, watch=writer_thread)
@@ -499,7 +519,7 @@ def _get(source: queue.Queue, producer: _Stage) -> Any:
             if producer.error is not None:
                 raise producer.error from None
             if not producer.is_alive() and source.empty():
-                raise MergeError("internal error: the reader stopped early")
+                raise MergeError("internal error: the reader stopped early") from None
 
 
 def _drain(target: queue.Queue) -> None:
@@ -628,7 +648,8 @@ def _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference) -> st
         if not counted:
             return None
         template = max(counted, key=counted.count)
-        source = f"auto ({next(r for r, c in checkpoints.items() if read_chat_template(c.folder) == template)})"
+        owner = next(r for r, t in zip(checkpoints, templates, strict=True) if t == template)
+        source = f"auto ({owner})"
     elif choice in checkpoints:
         template = read_chat_template(checkpoints[choice].folder)
         if template is None:
@@ -713,7 +734,11 @@ def _resolved_recipe(recipe: Recipe, checkpoints: dict[str, Checkpoint], output_
     data = recipe.model_dump(mode="json", exclude_none=True)
     parameters = data.setdefault("parameters", {})
     for parameter in recipe.method.parameters:
-        if parameter.scope == "global" and not parameter.required and parameter.name not in parameters:
+        if (
+            parameter.scope == "global"
+            and not parameter.required
+            and parameter.name not in parameters
+        ):
             parameters[parameter.name] = parameter.default
     if not parameters:
         data.pop("parameters")
@@ -729,8 +754,11 @@ def _resolved_recipe(recipe: Recipe, checkpoints: dict[str, Checkpoint], output_
         text = text.replace(json.dumps(reference), json.dumps(pinned))
     from mergemed.recipe import Recipe as _Recipe
 
-    return "# Resolved by mergemed " + __version__ + "; merge it again with `mergemed merge`.\n" + (
-        _Recipe.model_validate(json.loads(text)).to_yaml()
+    return (
+        "# Resolved by mergemed "
+        + __version__
+        + "; merge it again with `mergemed merge`.\n"
+        + (_Recipe.model_validate(json.loads(text)).to_yaml())
     )
 
 

@@ -363,10 +363,10 @@ def _check_semantics(recipe: Recipe, problems: _RecipeProblems) -> None:
             parameter = method.parameter(name)
             if parameter is None:
                 accepted = ", ".join(p.name for p in method.parameters) or "none"
+                hint = suggest(name, list(method.parameter_index))
                 problems.add(
                     (*path, name),
-                    f"unknown parameter for {method.name}{suggest(name, list(method.parameter_index))}"
-                    f"; accepted: {accepted}",
+                    f"unknown parameter for {method.name}{hint}; accepted: {accepted}",
                 )
                 continue
             if scope == "model" and parameter.scope == "global":
@@ -394,7 +394,8 @@ def _check_semantics(recipe: Recipe, problems: _RecipeProblems) -> None:
         if len(lengths) > 1:
             problems.add(
                 ("slices", index, "sources"),
-                f"all sources of a slice must have the same number of layers, got {sorted(lengths)}",
+                "all sources of a slice must have the same number of layers, "
+                f"got {sorted(lengths)}",
             )
 
     count = len(recipe.models) if recipe.models else None

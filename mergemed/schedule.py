@@ -35,7 +35,9 @@ COMPONENTS = (
 """Display components, in order, with the name fragments that identify them."""
 
 
-_MATCH_ORDER = sorted(COMPONENTS, key=lambda c: c[0] not in ("input_layernorm", "post_attention_layernorm"))
+_MATCH_ORDER = sorted(
+    COMPONENTS, key=lambda c: c[0] not in ("input_layernorm", "post_attention_layernorm")
+)
 """Norm names contain "attention", so they are recognised before attention itself."""
 
 
@@ -299,7 +301,13 @@ def _plan_layer(recipe, method, output_slice, offset, output_layer, position, la
             )
         tasks.append(
             _plan_tensor(
-                recipe, method, output_slice, output_name, output_layer, position, input_names,
+                recipe,
+                method,
+                output_slice,
+                output_name,
+                output_layer,
+                position,
+                input_names,
                 layouts,
             )
         )
@@ -333,7 +341,9 @@ def _plan_tensor(
         layout = layouts[source.model]
         name = input_names[source.model] if input_names else _input_name(layout, output_name)
         if name is None:
-            holder = next(s.model for s in output_slice.sources if output_name in layouts[s.model].shapes)
+            holder = next(
+                s.model for s in output_slice.sources if output_name in layouts[s.model].shapes
+            )
             raise MergeError(f"tensor {output_name!r} is in {holder!r} but not in {source.model!r}")
         sources.append(SourceTensor(source.model, name))
 

@@ -167,9 +167,9 @@ def get_method(name: str) -> MergeMethod:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise RecipeError(
-            f"unknown merge_method {name!r}{hint}; expected one of: {', '.join(available_methods())}"
-        ) from None
+        known = ", ".join(available_methods())
+        message = f"unknown merge_method {name!r}{hint}; expected one of: {known}"
+        raise RecipeError(message) from None
 
 
 def suggest(name: str, candidates: Sequence[str]) -> str:

@@ -52,9 +52,7 @@ def slerp_statistics(
     return stats
 
 
-def slerp_coefficients(
-    interpolation_weight: float, stats: SlerpStatistics
-) -> tuple[float, float]:
+def slerp_coefficients(interpolation_weight: float, stats: SlerpStatistics) -> tuple[float, float]:
     """Return the coefficients ``(c_base, c_other)`` of ``c_base * base + c_other * other``."""
     base_norm = math.sqrt(stats.base_squared_norm)
     other_norm = math.sqrt(stats.other_squared_norm)
