@@ -82,6 +82,8 @@ class MergeInputs:
         parameters: global parameters by name.
         model_parameters: one dict of per-model parameters for each tensor (empty for the base).
         generator: a seeded random generator for stochastic methods (DARE), or None.
+        output_dtype: the dtype the result will be stored in; a method may return it directly
+            (saving a full-size float32 copy) or return its compute dtype.
     """
 
     tensors: Sequence[torch.Tensor]
@@ -89,6 +91,7 @@ class MergeInputs:
     parameters: dict[str, Any]
     model_parameters: Sequence[dict[str, Any]]
     generator: torch.Generator | None = None
+    output_dtype: torch.dtype | None = None
 
     def others(self) -> list[int]:
         """Indices of the non-base inputs, in recipe order."""

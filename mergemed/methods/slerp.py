@@ -38,17 +38,26 @@ class SlerpStatistics:
     dot: float = 0.0
 
 
+BLOCK_ELEMENTS = 1 << 20
+"""Work on blocks of this many elements so float32 temporaries stay in the CPU cache."""
+
+
 def slerp_statistics(
     base: torch.Tensor, other: torch.Tensor, into: SlerpStatistics | None = None
 ) -> SlerpStatistics:
-    """Add the squared norms and dot product of a slice of both tensors to ``into``."""
+    """Add the squared norms and dot product of (a slice of) both tensors to ``into``.
+
+    Each cache-sized block is reduced in float32; the running sums are kept in float64.
+    """
     stats = into or SlerpStatistics()
-    dtype = torch.float64
-    a = base.reshape(-1).to(dtype)
-    b = other.reshape(-1).to(dtype)
-    stats.base_squared_norm += float(torch.dot(a, a))
-    stats.other_squared_norm += float(torch.dot(b, b))
-    stats.dot += float(torch.dot(a, b))
+    dtype = compute_dtype(base)
+    a_all, b_all = base.reshape(-1), other.reshape(-1)
+    for start in range(0, a_all.numel(), BLOCK_ELEMENTS):
+        a = a_all[start : start + BLOCK_ELEMENTS].to(dtype)
+        b = b_all[start : start + BLOCK_ELEMENTS].to(dtype)
+        stats.base_squared_norm += float(torch.dot(a, a))
+        stats.other_squared_norm += float(torch.dot(b, b))
+        stats.dot += float(torch.dot(a, b))
     return stats
 
 
@@ -77,12 +86,22 @@ def slerp(interpolation_weight: float, base: torch.Tensor, other: torch.Tensor) 
 
 
 def _combine(
-    base: torch.Tensor, other: torch.Tensor, coefficients: tuple[float, float]
+    base: torch.Tensor,
+    other: torch.Tensor,
+    coefficients: tuple[float, float],
+    output_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
+    """``c_base * base + c_other * other`` computed block by block in float32 (float64 for
+    float64 inputs) and stored in ``output_dtype`` (default: that compute dtype)."""
     dtype = compute_dtype(base)
     c_base, c_other = coefficients
-    result = base.to(dtype) * c_base
-    result.add_(other.to(dtype), alpha=c_other)
+    result = torch.empty(base.shape, dtype=output_dtype or dtype, device=base.device)
+    flat_result, a_all, b_all = result.reshape(-1), base.reshape(-1), other.reshape(-1)
+    for start in range(0, a_all.numel(), BLOCK_ELEMENTS):
+        block = slice(start, start + BLOCK_ELEMENTS)
+        mixed = a_all[block].to(dtype) * c_base  # a new tensor: inputs stay untouched
+        mixed.add_(b_all[block].to(dtype), alpha=c_other)
+        flat_result[block].copy_(mixed)
     return result
 
 
@@ -94,7 +113,9 @@ def _pair(inputs: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _merge(inputs: MergeInputs) -> torch.Tensor:
     base, other = _pair(inputs)
-    return slerp(inputs.parameters["t"], base, other)
+    stats = slerp_statistics(base, other)
+    coefficients = slerp_coefficients(inputs.parameters["t"], stats)
+    return _combine(base, other, coefficients, inputs.output_dtype)
 
 
 def _accumulate(inputs: MergeInputs, state: SlerpStatistics | None) -> SlerpStatistics:
@@ -106,7 +127,7 @@ def _finalize(inputs: MergeInputs, state: SlerpStatistics) -> tuple[float, float
 
 
 def _combine_slice(inputs: MergeInputs, coefficients: tuple[float, float]) -> torch.Tensor:
-    return _combine(*_pair(inputs), coefficients)
+    return _combine(*_pair(inputs), coefficients, inputs.output_dtype)
 
 
 register(
