@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -39,7 +40,7 @@ def main() -> None:
         app()
     except MergemedError as error:
         for line in str(error).splitlines():
-            console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
@@ -100,7 +101,8 @@ def merge(
     )
     console.print(
         f"[green]merged[/] {result.tensors} tensors ({human_bytes(result.output_bytes)}, "
-        f"{result.shards} shard(s)) in {result.seconds:.1f} s{resumed} -> [bold]{result.output}[/]"
+        f"{result.shards} shard(s)) in {result.seconds:.1f} s{resumed} -> "
+        f"[bold]{escape(str(result.output))}[/]"
     )
 
 
@@ -152,7 +154,7 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> No
     from mergemed.recipe import load_recipe
 
     loaded = load_recipe(recipe)
-    stdout.print(loaded.to_yaml(), highlight=False)
+    sys.stdout.write(loaded.to_yaml())
     console.print(f"[green]valid[/]: {recipe}")
 
 

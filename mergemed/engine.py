@@ -40,6 +40,7 @@ from mergemed.checkpoint import (
     OutputTensor,
     Shard,
     ShardWriter,
+    _output_error,
     hub_commit,
     human_bytes,
     layout_shards,
@@ -122,7 +123,12 @@ def merge(
     output = Path(output).absolute()
     _check_output(output, overwrite)
     compute_device = _check_device(device)
-    max_shard_bytes = parse_byte_size(max_shard_size)
+    try:
+        max_shard_bytes = parse_byte_size(max_shard_size)
+    except ValueError as error:
+        raise MergeError(f"--max-shard-size: {error}") from None
+    if max_shard_bytes <= 0:
+        raise MergeError(f"--max-shard-size: expected a positive size, got {max_shard_size!r}")
 
     search_dirs = [recipe_path.parent.absolute()] if recipe_path else []
     checkpoints = _open_models(recipe, search_dirs, allow_pickle)
@@ -154,8 +160,11 @@ def merge(
                     progress=progress,
                     on_start=on_start,
                 )
-            write_index(partial, shards)
-            sources = _write_metadata(partial, recipe, checkpoints, plan, output_dtype)
+            try:
+                write_index(partial, shards)
+                sources = _write_metadata(partial, recipe, checkpoints, plan, output_dtype)
+            except OSError as error:
+                raise _output_error(Path(error.filename or partial), error) from None
             report = _report(
                 recipe,
                 checkpoints,
@@ -167,10 +176,13 @@ def merge(
                 sources,
                 len(completed),
             )
-            (partial / "merge.json").write_text(json.dumps(report, indent=2) + "\n")
-            (partial / "recipe.yaml").write_text(
-                _resolved_recipe(recipe, checkpoints, output_dtype)
-            )
+            try:
+                (partial / "merge.json").write_text(json.dumps(report, indent=2) + "\n")
+                (partial / "recipe.yaml").write_text(
+                    _resolved_recipe(recipe, checkpoints, output_dtype)
+                )
+            except OSError as error:
+                raise _output_error(Path(error.filename or partial), error) from None
             (partial / JOURNAL).unlink(missing_ok=True)
             _move_into_place(partial, output, overwrite)
         except MergemedError:
@@ -257,8 +269,11 @@ def _fingerprint(recipe, checkpoints, shards, chunk_elements) -> str:
     for reference, checkpoint in sorted(checkpoints.items()):
         digest.update(reference.encode())
         for name, header_digest in sorted(checkpoint.header_digests.items()):
-            size = (checkpoint.folder / name).stat().st_size
-            digest.update(f"{name}:{size}:{header_digest}".encode())
+            # Size, inode and modification time catch weights rewritten in place.
+            facts = (checkpoint.folder / name).stat()
+            digest.update(
+                f"{name}:{facts.st_size}:{facts.st_ino}:{facts.st_mtime_ns}:{header_digest}".encode()
+            )
     for shard in shards:
         digest.update(shard.header)
     digest.update(f"{chunk_elements}:{__version__}".encode())
@@ -447,7 +462,12 @@ def _run(
 
     def write_all() -> None:
         while True:
-            entry = write_queue.get()
+            try:
+                entry = write_queue.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
             if entry is _DONE or stop.is_set():
                 return
             name, start, values = entry

@@ -7,12 +7,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from mergemed.synthetic import build_tokenizer, make_random_model  # noqa: E402
+from mergemed.synthetic import build_tokenizer, make_random_model
 
 TINY_PRESETS = ("llama", "qwen2", "mistral")
 """The tiny architectures every merge method should be tested on."""

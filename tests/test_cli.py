@@ -1,0 +1,355 @@
+"""The ``mergemed`` command line, run as a real subprocess: ``merge`` writes a complete model
+folder (weights, config, tokenizer, resolved recipe, report) that ``transformers`` loads and
+generates from; ``plan`` resolves per-layer values and draws them; ``validate`` checks a recipe;
+``methods`` lists the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mergemed.engine import merge
+from mergemed.methods import available_methods
+from mergemed.recipe import load_recipe
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS"):
+        env.pop(key, None)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", NO_COLOR="1")
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    *args: Any, env: dict[str, str] | None = None, command: tuple[str, ...] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(command or (sys.executable, "-m", "mergemed.cli")), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        env=cli_env(env),
+        timeout=300,
+        check=False,
+    )
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def load_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def slerp_recipe(path: Path, base: Path | str, other: Path | str, t: str) -> Path:
+    return write(
+        path,
+        f"""
+        merge_method: slerp
+        base_model: {json.dumps(str(base))}
+        models:
+          - model: {json.dumps(str(base))}
+          - model: {json.dumps(str(other))}
+        parameters:
+          t: {t}
+        """,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# mergemed merge
+
+
+class Merged:
+    def __init__(self, recipe: Path, output: Path, base: Path, other: Path, stderr: str):
+        self.recipe = recipe
+        self.output = output
+        self.base = base
+        self.other = other
+        self.stderr = stderr
+
+
+@pytest.fixture(scope="module")
+def merged(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_pair: Callable[[str], tuple[Path, Path]]
+) -> Merged:
+    """One ``mergemed merge`` of the tiny Llama pair: SLERP with t from 0 (layer 0) to 1
+    (layer 1), cut into 20 KB shards."""
+    base, other = tiny_model_pair("llama")
+    root = tmp_path_factory.mktemp("cli-merge")
+    recipe = slerp_recipe(root / "recipe.yaml", base, other, "[0, 1]")
+    output = root / "merged"
+    result = succeeded(run_cli("merge", recipe, "-o", output, "--max-shard-size", "20KB"))
+    return Merged(recipe, output, base, other, result.stderr)
+
+
+@pytest.mark.slow
+def test_merge_writes_a_complete_model_folder(merged: Merged) -> None:
+    output, base = merged.output, merged.base
+    assert f"-> {output}" in merged.stderr.replace("\n", "")  # rich folds long lines
+    names = {p.name for p in output.iterdir()}
+    assert {"config.json", "recipe.yaml", "merge.json", "model.safetensors.index.json"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no journal or temporary left
+    assert not [p for p in output.parent.iterdir() if "mergemed-partial" in p.name]
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (output / name).read_bytes() == (base / name).read_bytes(), name
+    assert (output / "chat_template.jinja").read_text() == (
+        base / "chat_template.jinja"
+    ).read_text()
+    config = json.loads((output / "config.json").read_text())
+    base_config = json.loads((base / "config.json").read_text())
+    assert config["num_hidden_layers"] == base_config["num_hidden_layers"] == 2
+    assert config["architectures"] == base_config["architectures"]
+    assert config.get("dtype", config.get("torch_dtype")) == "float32"
+
+    shards = sorted(output.glob("*.safetensors"))
+    assert len(shards) > 5
+    assert all(p.name.endswith(f"-of-{len(shards):05d}.safetensors") for p in shards)
+    assert all(p.stat().st_size <= 20_000 or len(load_file(p)) == 1 for p in shards)
+    index = json.loads((output / "model.safetensors.index.json").read_text())
+    base_tensors = load_file(base / "model.safetensors")
+    assert set(index["weight_map"]) == set(base_tensors)
+    assert set(index["weight_map"].values()) == {p.name for p in shards}
+    for name, shard in index["weight_map"].items():
+        assert name in load_file(output / shard)
+    tensors = load_model_tensors(output)
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in tensors.values()
+    )
+
+
+@pytest.mark.slow
+def test_merge_applies_the_recipe(merged: Merged) -> None:
+    """t = 0 at layer 0 gives the base's tensors, t = 1 at layer 1 the other model's; tensors
+    outside the layers sit at t = 0."""
+    tensors = load_model_tensors(merged.output)
+    base = load_file(merged.base / "model.safetensors")
+    other = load_file(merged.other / "model.safetensors")
+    assert tensors.keys() == base.keys()
+    for name, tensor in tensors.items():
+        expected = other[name] if ".layers.1." in name else base[name]
+        assert torch.equal(tensor, expected), name
+    assert not torch.equal(
+        base["model.layers.1.mlp.up_proj.weight"], other["model.layers.1.mlp.up_proj.weight"]
+    )
+
+
+@pytest.mark.slow
+def test_merge_report(merged: Merged) -> None:
+    report = json.loads((merged.output / "merge.json").read_text())
+    assert report["merge_method"] == "slerp"
+    assert report["resumed_shards"] == 0
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    for package in ("transformers", "safetensors"):
+        assert report["versions"][package]
+    timings = report["timings_seconds"]
+    assert set(timings) >= {"read", "compute", "write"}
+    assert all(value >= 0 for value in timings.values())
+    assert report["seconds"] >= 0
+
+    assert set(report["inputs"]) == {str(merged.base), str(merged.other)}
+    for reference, entry in report["inputs"].items():
+        folder = Path(entry["folder"])
+        assert folder == Path(reference).resolve()
+        assert entry["files"] == {
+            "model.safetensors": {
+                "bytes": (folder / "model.safetensors").stat().st_size,
+                "header_sha256": entry["files"]["model.safetensors"]["header_sha256"],
+            }
+        }
+        assert len(entry["files"]["model.safetensors"]["header_sha256"]) == 64
+
+    shards = sorted(p.name for p in merged.output.glob("*.safetensors"))
+    assert report["output"]["shards"] == shards
+    assert report["output"]["bytes"] == sum((merged.output / s).stat().st_size for s in shards)
+    assert report["output"]["tensors"] == len(load_model_tensors(merged.output))
+
+
+@pytest.mark.slow
+def test_resolved_recipe_merges_again_to_identical_tensors(merged: Merged, tmp_path: Path) -> None:
+    resolved = merged.output / "recipe.yaml"
+    recipe = load_recipe(resolved)
+    original = load_recipe(merged.recipe)
+    assert recipe.merge_method == original.merge_method == "slerp"
+    assert recipe.base_model == original.base_model
+    assert [m.model for m in recipe.models] == [m.model for m in original.models]
+    assert recipe.parameters == original.parameters
+    again = merge(resolved, tmp_path / "again")
+    first = load_model_tensors(merged.output)
+    second = load_model_tensors(again.output)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+@pytest.mark.slow
+def test_sharded_output_loads_in_transformers_and_generates(merged: Merged) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, info = AutoModelForCausalLM.from_pretrained(merged.output, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    tensors = load_model_tensors(merged.output)
+    state = model.state_dict()
+    for name, tensor in tensors.items():
+        assert torch.equal(state[name], tensor), name
+
+    tokenizer = AutoTokenizer.from_pretrained(merged.output)
+    prompt = tokenizer("The physician said", return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(
+            **prompt,
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    prompt_length = prompt["input_ids"].shape[1]
+    assert generated.shape == (1, prompt_length + 6)
+    assert torch.equal(generated[0, :prompt_length], prompt["input_ids"][0])
+    assert int(generated[0, prompt_length:].max()) < model.config.vocab_size
+
+
+# --------------------------------------------------------------------------------------------
+# mergemed plan
+
+
+@pytest.mark.slow
+def test_plan_json_gives_closed_form_gradients(tmp_path: Path) -> None:
+    """Models that are not available locally: ``--num-layers 4`` stands in for them."""
+    hf_home = tmp_path / "empty-hf-home"
+    hf_home.mkdir()
+    recipe = write(
+        tmp_path / "recipe.yaml",
+        """
+        merge_method: slerp
+        base_model: nobody/base-model
+        models:
+          - model: nobody/base-model
+          - model: nobody/other-model
+        parameters:
+          t:
+            - filter: self_attn
+              value: [0, 1]
+            - filter: mlp
+              value: [1, 0.5, 0]
+            - value: 0.25
+        """,
+    )
+    result = succeeded(
+        run_cli("plan", recipe, "--json", "--num-layers", "4", env={"HF_HOME": str(hf_home)})
+    )
+    plan = json.loads(result.stdout)
+    assert plan["merge_method"] == "slerp"
+    assert plan["num_layers"] == 4
+    assert plan["used_real_models"] is False
+    assert plan["columns"] == ["t"]
+
+    def expected(component: str, layer: int | None) -> float:
+        if layer is None:
+            return 0.25
+        position = layer / 3  # four layers: positions 0, 1/3, 2/3, 1
+        if component == "self_attn":
+            return position  # [0, 1]
+        if component == "mlp":
+            s = 2 * position  # [1, 0.5, 0]: anchors at s = 0, 1, 2
+            return 1 - 0.5 * s
+        return 0.25
+
+    rows = {(row["layer"], row["component"]): row["t"] for row in plan["rows"]}
+    assert [rows[(layer, "self_attn")] for layer in range(4)] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert [rows[(layer, "mlp")] for layer in range(4)] == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    for (layer, component), value in rows.items():
+        assert value == pytest.approx(expected(component, layer)), (layer, component)
+    assert {layer for layer, _ in rows} == {None, 0, 1, 2, 3}
+
+    by_name = {tensor["name"]: tensor for tensor in plan["tensors"]}
+    assert by_name["model.layers.1.mlp.down_proj.weight"]["position"] == pytest.approx(1 / 3)
+    assert len(by_name) == 4 * 9 + 3
+    for name, tensor in by_name.items():
+        component = next((c for c in ("self_attn", "mlp") if c in name), "other")
+        value = tensor["parameters"]["t"]
+        assert value == pytest.approx(expected(component, tensor["layer"])), name
+
+
+@pytest.mark.slow
+def test_plan_draws_a_png_next_to_the_recipe(
+    tmp_path: Path, tiny_model_pair: Callable[[str], tuple[Path, Path]]
+) -> None:
+    base, other = tiny_model_pair("llama")
+    recipe = slerp_recipe(tmp_path / "recipe.yaml", base, other, "[0, 0.5, 1]")
+    result = succeeded(run_cli("plan", recipe))
+    picture = tmp_path / "recipe.plan.png"
+    assert picture.read_bytes()[:8] == PNG_SIGNATURE
+    assert picture.stat().st_size > 5_000
+    assert "self_attn" in result.stdout and "mlp" in result.stdout
+    assert str(picture) in result.stderr.replace("\n", "")
+    assert "not found locally" not in result.stderr  # the real models were used
+
+
+# --------------------------------------------------------------------------------------------
+# mergemed validate and mergemed methods
+
+
+@pytest.mark.slow
+def test_validate_rejects_a_bad_recipe(tmp_path: Path) -> None:
+    bad = slerp_recipe(tmp_path / "bad.yaml", "/models/a", "/models/b", "[0, 1.5]")
+    result = run_cli("validate", bad)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: {bad}:7: parameters.t[1]: expected a number in [0, 1], got 1.5"]
+    assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_validate_prints_the_recipe_as_loadable_yaml(tmp_path: Path) -> None:
+    """What ``validate`` prints is the recipe as mergemed reads it: YAML that loads back to
+    the same recipe, whatever the length of its paths or the brackets of its chat template."""
+    models = tmp_path / ("a-folder-with-a-rather-long-name-" * 3)
+    good = slerp_recipe(tmp_path / "good.yaml", models / "base", models / "other", "[0, 1]")
+    template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    good.write_text(good.read_text() + f"chat_template: {json.dumps(template)}\n")
+    result = succeeded(run_cli("validate", good))
+    assert "valid" in result.stderr
+    printed = load_recipe(result.stdout)
+    assert printed == load_recipe(good)
+    assert printed.chat_template == template
+
+
+@pytest.mark.slow
+def test_methods_lists_every_method() -> None:
+    script = Path(sys.executable).with_name("mergemed")
+    if not script.is_file():
+        pytest.skip("the mergemed console script is not installed next to this interpreter")
+    result = succeeded(run_cli("methods", command=(str(script),)))
+    methods = available_methods()
+    expected = {"linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
+    assert expected | {"passthrough"} <= set(methods)
+    for name in methods:
+        assert re.search(rf"\b{name}\b", result.stdout), f"{name} not listed"
