@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import cli_env, load_model_tensors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -41,15 +42,6 @@ KEEP = "keep.txt"
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS"):
-        env.pop(key, None)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", NO_COLOR="1")
-    env.update(extra or {})
-    return env
 
 
 def run_cli(
@@ -151,13 +143,6 @@ def rewrite_weights(
 def tensor_shape(model: Path, name: str) -> list[int]:
     with safe_open(str(model / "model.safetensors"), framework="pt") as reader:
         return list(reader.get_slice(name).get_shape())
-
-
-def load_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(path))
-    return tensors
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ generates from; ``plan`` resolves per-layer values and draws them; ``validate`` 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import cli_env, load_model_tensors
 from safetensors.torch import load_file
 
 from mergemed.engine import merge
@@ -24,15 +24,6 @@ from mergemed.methods import available_methods
 from mergemed.recipe import load_recipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS"):
-        env.pop(key, None)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", NO_COLOR="1")
-    env.update(extra or {})
-    return env
 
 
 def run_cli(
@@ -52,13 +43,6 @@ def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedP
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "Traceback" not in result.stderr
     return result
-
-
-def load_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(path))
-    return tensors
 
 
 def write(path: Path, text: str) -> Path:
@@ -345,8 +329,7 @@ def test_validate_prints_the_recipe_as_loadable_yaml(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_methods_lists_every_method() -> None:
     script = Path(sys.executable).with_name("mergemed")
-    if not script.is_file():
-        pytest.skip("the mergemed console script is not installed next to this interpreter")
+    assert script.is_file(), "the set-up command installs the mergemed console script"
     result = succeeded(run_cli("methods", command=(str(script),)))
     methods = available_methods()
     expected = {"linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"}

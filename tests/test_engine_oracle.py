@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import load_model_tensors
 
 from mergemed.engine import merge
 
@@ -141,13 +141,6 @@ def _bind(recipe: dict, models: dict[str, Path]) -> dict:
     return bound
 
 
-def _load_folder(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
-
-
 def _mergekit(recipe: dict, output: Path) -> None:
     configuration = mergekit_config.MergeConfiguration.model_validate(copy.deepcopy(recipe))
     options = mergekit_options.MergeOptions(
@@ -157,7 +150,7 @@ def _mergekit(recipe: dict, output: Path) -> None:
 
 
 def _assert_same(ours: Path, theirs: Path) -> None:
-    mine, reference = _load_folder(ours), _load_folder(theirs)
+    mine, reference = load_model_tensors(ours), load_model_tensors(theirs)
     assert set(mine) == set(reference)
     for name, tensor in reference.items():
         assert mine[name].shape == tensor.shape, name
@@ -221,7 +214,7 @@ def test_stacked_qwen2_loads(tiny_model_pair, tmp_path):
     assert config["num_hidden_layers"] == 2 * layers - 1
     assert len(config["layer_types"]) == config["num_hidden_layers"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "stacked")
-    source = _load_folder(first)
+    source = load_model_tensors(first)
     # Output layer `layers` is source layer 1 of the second model.
     stacked = dict(model.named_parameters())
     name = f"model.layers.{layers}.mlp.down_proj.weight"

@@ -10,7 +10,6 @@ after its first shard is recorded in the journal and well before its last.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_env, load_model_tensors
 from safetensors.torch import load_file, save_file
 
 from mergemed.engine import JOURNAL, merge
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.slow
 
 LAYERS = 32
 SHARD_SIZE = "10KB"
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("FORCE_COLOR", None)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", NO_COLOR="1")
-    return env
 
 
 def merge_command(recipe: Path, output: Path) -> list[str]:
@@ -110,13 +103,6 @@ def rerun(recipe: Path, output: Path) -> tuple[subprocess.CompletedProcess[str],
     assert result.returncode == 0, result.stderr
     assert not partial_folder(output).exists()
     return result, json.loads((output / "merge.json").read_text())
-
-
-def load_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(path))
-    return tensors
 
 
 def assert_same_tensors(folder: Path, expected_folder: Path) -> None:
