@@ -39,8 +39,8 @@ def main() -> None:
     try:
         app()
     except MergemedError as error:
-        for line in str(error).splitlines():
-            console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        message = " ".join(str(error).split())  # always one line
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
@@ -151,9 +151,15 @@ def _format_value(value) -> str:
 @app.command()
 def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> None:
     """Check RECIPE without touching any model; print it as mergemed reads it."""
+    from mergemed.errors import RecipeError
     from mergemed.recipe import load_recipe
 
-    loaded = load_recipe(recipe)
+    try:
+        loaded = load_recipe(recipe)
+    except RecipeError as error:
+        for problem in error.problems or [str(error)]:
+            console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     sys.stdout.write(loaded.to_yaml())
     console.print(f"[green]valid[/]: {recipe}")
 

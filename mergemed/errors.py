@@ -12,7 +12,19 @@ class MergemedError(Exception):
 
 
 class RecipeError(MergemedError):
-    """A recipe that does not validate: names the file, the line and the key."""
+    """A recipe that does not validate: names the file, the line and the key.
+
+    When a recipe has several problems the message states the first and how many more there
+    are; ``problems`` holds every one (``mergemed validate`` prints them all).
+    """
+
+    def __init__(self, *problems: str):
+        self.problems = list(problems)
+        message = problems[0] if problems else "invalid recipe"
+        if len(problems) > 1:
+            more = len(problems) - 1
+            message += f" (and {more} more problem{'s' if more > 1 else ''}: `mergemed validate`)"
+        super().__init__(message)
 
 
 class CheckpointError(MergemedError):

@@ -224,7 +224,7 @@ class _RecipeProblems:
     def raise_if_any(self) -> None:
         if self.lines:
             unique = list(dict.fromkeys(self.lines))
-            raise RecipeError("\n".join(unique))
+            raise RecipeError(*unique)
 
 
 def _pydantic_message(error: dict[str, Any]) -> str:

@@ -192,6 +192,28 @@ def test_resolved_recipe_merges_again_to_identical_tensors(merged: Merged, tmp_p
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_resolved_recipe_makes_relative_model_paths_absolute(
+    tiny_model_pair: Callable[[str], tuple[Path, Path]], tmp_path: Path
+) -> None:
+    base, other = tiny_model_pair("llama")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name, folder in (("base", base), ("other", other)):
+        (tmp_path / name).symlink_to(folder, target_is_directory=True)
+    recipe = slerp_recipe(recipes / "recipe.yaml", "../base", "../other", "0.5")
+    first = merge(recipe, tmp_path / "merged")
+    resolved = load_recipe(first.output / "recipe.yaml")
+    assert resolved.base_model == str(base.resolve())
+    assert [m.model for m in resolved.models] == [str(base.resolve()), str(other.resolve())]
+    moved = tmp_path / "elsewhere" / "deep"
+    moved.mkdir(parents=True)
+    (first.output / "recipe.yaml").rename(moved / "recipe.yaml")
+    again = merge(moved / "recipe.yaml", tmp_path / "again")
+    one, two = load_model_tensors(first.output), load_model_tensors(again.output)
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[name], two[name]) for name in one)
+
+
 @pytest.mark.slow
 def test_sharded_output_loads_in_transformers_and_generates(merged: Merged) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -309,6 +331,25 @@ def test_validate_rejects_a_bad_recipe(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {bad}:7: parameters.t[1]: expected a number in [0, 1], got 1.5"]
     assert result.stdout == ""
+
+
+def test_a_recipe_with_two_problems(tmp_path: Path) -> None:
+    """``merge`` states the first problem on one line and counts the rest; ``validate`` lists
+    every one, each naming its line and key."""
+    bad = slerp_recipe(tmp_path / "bad.yaml", "/models/a", "/models/b", "[0, 1]")
+    bad.write_text(bad.read_text() + "dtype: float13\nrandom_seed: soon\n")
+    first = f"{bad}:8: dtype: "
+    merged = run_cli("merge", bad, "-o", tmp_path / "out")
+    assert merged.returncode == 2
+    lines = [line for line in merged.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {first}"), merged.stderr
+    assert "1 more problem" in lines[0]
+    assert not (tmp_path / "out").exists()
+    validated = run_cli("validate", bad)
+    assert validated.returncode == 2
+    lines = [line for line in validated.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith(f"error: {first}"), validated.stderr
+    assert lines[1].startswith(f"error: {bad}:9: random_seed:"), validated.stderr
 
 
 @pytest.mark.slow

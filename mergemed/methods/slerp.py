@@ -9,6 +9,7 @@ small for a stable division, fall back to linear interpolation.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,34 @@ BLOCK_ELEMENTS = 1 << 20
 """Work on blocks of this many elements so float32 temporaries stay in the CPU cache."""
 
 
+def _blocks(
+    base: torch.Tensor, other: torch.Tensor
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yield ``(positions, base_block, other_block)`` over the flattened tensors, in the compute
+    dtype.
+
+    Blocks that need a conversion are copied into two scratch buffers allocated once per call
+    (a fresh multi-megabyte allocation per block costs page faults); blocks already in the
+    compute dtype are views of the inputs and must not be written to.
+    """
+    dtype = compute_dtype(base)
+    base_flat, other_flat = base.reshape(-1), other.reshape(-1)
+    total = base_flat.numel()
+    scratch = None
+    if base.dtype != dtype or other.dtype != dtype:
+        scratch = torch.empty((2, min(BLOCK_ELEMENTS, total)), dtype=dtype, device=base.device)
+    for start in range(0, total, BLOCK_ELEMENTS):
+        positions = slice(start, min(start + BLOCK_ELEMENTS, total))
+        count = positions.stop - start
+        blocks = []
+        for row, flat in enumerate((base_flat, other_flat)):
+            block = flat[positions]
+            if block.dtype != dtype:
+                block = scratch[row, :count].copy_(block)
+            blocks.append(block)
+        yield positions, blocks[0], blocks[1]
+
+
 def slerp_statistics(
     base: torch.Tensor, other: torch.Tensor, into: SlerpStatistics | None = None
 ) -> SlerpStatistics:
@@ -50,11 +79,7 @@ def slerp_statistics(
     Each cache-sized block is reduced in float32; the running sums are kept in float64.
     """
     stats = into or SlerpStatistics()
-    dtype = compute_dtype(base)
-    a_all, b_all = base.reshape(-1), other.reshape(-1)
-    for start in range(0, a_all.numel(), BLOCK_ELEMENTS):
-        a = a_all[start : start + BLOCK_ELEMENTS].to(dtype)
-        b = b_all[start : start + BLOCK_ELEMENTS].to(dtype)
+    for _, a, b in _blocks(base, other):
         stats.base_squared_norm += float(torch.dot(a, a))
         stats.other_squared_norm += float(torch.dot(b, b))
         stats.dot += float(torch.dot(a, b))
@@ -96,12 +121,20 @@ def _combine(
     dtype = compute_dtype(base)
     c_base, c_other = coefficients
     result = torch.empty(base.shape, dtype=output_dtype or dtype, device=base.device)
-    flat_result, a_all, b_all = result.reshape(-1), base.reshape(-1), other.reshape(-1)
-    for start in range(0, a_all.numel(), BLOCK_ELEMENTS):
-        block = slice(start, start + BLOCK_ELEMENTS)
-        mixed = a_all[block].to(dtype) * c_base  # a new tensor: inputs stay untouched
-        mixed.add_(b_all[block].to(dtype), alpha=c_other)
-        flat_result[block].copy_(mixed)
+    flat_result = result.reshape(-1)
+    mixed_buffer = None
+    for positions, a, b in _blocks(base, other):
+        target = flat_result[positions]
+        if target.dtype == dtype:
+            mixed = target
+        else:
+            if mixed_buffer is None:
+                mixed_buffer = torch.empty(a.numel(), dtype=dtype, device=base.device)
+            mixed = mixed_buffer[: a.numel()]
+        torch.mul(a, c_base, out=mixed)
+        mixed.add_(b, alpha=c_other)
+        if mixed is not target:
+            target.copy_(mixed)
     return result
 
 
