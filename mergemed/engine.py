@@ -22,6 +22,7 @@ import os
 import platform
 import queue
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,6 +201,106 @@ def merge(
         resumed_shards=len(completed),
         report=report,
     )
+
+
+@dataclass
+class InMemoryMerge:
+    """A merge held in memory: the tensors, and a folder with everything but the weights
+    (config, tokenizer, chat template, resolved recipe) that lives until :meth:`cleanup`."""
+
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    folder: Path
+    recipe: Recipe
+    seconds: float
+    _holder: tempfile.TemporaryDirectory = field(repr=False)
+
+    def cleanup(self) -> None:
+        """Remove the metadata folder."""
+        self._holder.cleanup()
+
+
+def merge_to_memory(
+    recipe: Recipe | str | Path,
+    *,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> InMemoryMerge:
+    """Merge a recipe into tensors in memory, writing no weights to disk.
+
+    Same arithmetic as :func:`merge` (the tensors equal those :func:`merge` writes), for
+    evaluating a recipe without keeping its output. The returned folder (a temporary
+    directory) holds the config, tokenizer and chat template the written merge would have.
+
+    Raises:
+        MergemedError: bad recipe or models.
+    """
+    started = time.time()
+    recipe_path = None
+    if not isinstance(recipe, Recipe):
+        recipe_path = Path(recipe)
+        recipe = load_recipe(recipe_path)
+    compute_device = _check_device(device)
+    search_dirs = [recipe_path.parent.absolute()] if recipe_path else []
+    checkpoints = _open_models(recipe, search_dirs, allow_pickle)
+    holder = tempfile.TemporaryDirectory(prefix="mergemed-in-memory-")
+    try:
+        layouts = {ref: layout_from_checkpoint(cp) for ref, cp in checkpoints.items()}
+        plan = build_plan(recipe, layouts)
+        output_dtype = _output_dtype(recipe, checkpoints[_reference_model(recipe)], plan)
+        shards = layout_shards(
+            [OutputTensor(t.name, output_dtype, t.shape) for t in plan.tasks], 1 << 62
+        )
+        sink = _MemorySink()
+        folder = Path(holder.name)
+        with _compute_threads():
+            _run(
+                plan=plan,
+                recipe=recipe,
+                checkpoints=checkpoints,
+                shards=shards,
+                folder=folder,
+                completed=set(),
+                fingerprint="",
+                device=compute_device,
+                output_dtype=output_dtype,
+                chunk_elements=chunk_elements,
+                progress=progress,
+                on_start=on_start,
+                sink=sink,
+            )
+        _write_metadata(folder, recipe, checkpoints, plan, output_dtype)
+        (folder / "recipe.yaml").write_text(_resolved_recipe(recipe, checkpoints, output_dtype))
+    except BaseException:
+        holder.cleanup()
+        raise
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+    return InMemoryMerge(sink.tensors, folder, recipe, time.time() - started, holder)
+
+
+class _MemorySink:
+    """Stands in for :class:`ShardWriter`: slices land in whole tensors in memory."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def open(self, shard: Shard) -> None:
+        for tensor in shard.tensors:
+            self.tensors[tensor.name] = torch.empty(tensor.shape, dtype=tensor.dtype)
+
+    def write(self, name: str, element_offset: int, values: torch.Tensor) -> None:
+        flat = self.tensors[name].view(-1)
+        flat[element_offset : element_offset + values.numel()].copy_(values.reshape(-1))
+
+    def close_shard(self, shard: Shard) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,10 +528,11 @@ def _run(
     chunk_elements: int,
     progress: ProgressCallback | None,
     on_start: Callable[[int, int], None] | None,
+    sink: _MemorySink | None = None,
 ) -> _Timings:
     method: MergeMethod = plan.method
     input_dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
-    writer = ShardWriter(folder, shards)
+    writer = sink if sink is not None else ShardWriter(folder, shards)
     shard_of = {t.name: t.shard for s in shards for t in s.tensors}
     skip = {i for i, t in enumerate(plan.tasks) if shards[shard_of[t.name]].filename in completed}
     pending_bytes = {s.index: s.data_bytes for s in shards if s.filename not in completed}
@@ -482,7 +584,8 @@ def _run(
             if pending_bytes[shard.index] == 0:
                 writer.close_shard(shard)
                 finished[shard.filename] = shard.file_bytes
-                _write_journal(folder, fingerprint, finished)
+                if sink is None:
+                    _write_journal(folder, fingerprint, finished)
                 if progress:
                     progress(8 + len(shard.header), name)
 

@@ -2,10 +2,11 @@
 
 Nothing here downloads anything. Three kinds of checkpoint can be made:
 
-* Tiny models (``"llama"``, ``"llama-tied"``, ``"qwen2"``, ``"mistral"``): real ``transformers``
-  models with a few thousand parameters, random-initialised with ``from_config`` and saved with
-  ``save_pretrained``. They load with ``AutoModelForCausalLM.from_pretrained`` and generate
-  (gibberish) text with the bundled tokenizer.
+* Tiny models (``"llama"``, ``"llama-tied"``, ``"llama-eval"``, ``"qwen2"``, ``"mistral"``): real
+  ``transformers`` models with a few thousand parameters, random-initialised with ``from_config``
+  and saved with ``save_pretrained``. They load with ``AutoModelForCausalLM.from_pretrained`` and
+  generate (gibberish) text with the bundled tokenizer. ``"llama-eval"`` has head size 64 and
+  4096 positions, for evaluation backends and long prompts.
 * Full-size shapes (``"tinyllama-1.1b"``, ``"llama-3.1-8b"``): never materialised. Each tensor is
   drawn from N(0, 0.02) (norms are ones) and streamed straight into its safetensors shard, so
   memory stays at about one tensor whatever the model size.
@@ -174,6 +175,15 @@ ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType(
         # Tiny, materialised models (vocabulary = the tokenizer's).
         "llama": _TINY_LLAMA,
         "llama-tied": dataclasses.replace(_TINY_LLAMA, tie_word_embeddings=True),
+        # For evaluation: head size 64 (vLLM's smallest) and room for long-context prompts.
+        "llama-eval": dataclasses.replace(
+            _TINY_LLAMA,
+            hidden_size=128,
+            intermediate_size=256,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=4096,
+        ),
         "qwen2": Architecture(
             model_type="qwen2",  # Qwen2 attention always has q/k/v biases.
             hidden_size=48,

@@ -84,3 +84,13 @@ def tiny_model_trio(
         return _tiny_models(preset, 0), _tiny_models(preset, 1), _tiny_models(preset, 2)
 
     return trio
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_models(
+    _tiny_models: Callable[[str, int], Path],
+) -> tuple[Path, Path, Path]:
+    """``(instruct, clinical, other)``: three "llama-eval" models (head size 64, 4096
+    positions, the tiny tokenizer with its chat template) for evaluation tests: a base and two
+    0.5 perturbations of it. Shared by the session: do not modify them."""
+    return _tiny_models("llama-eval", 0), _tiny_models("llama-eval", 1), _tiny_models("llama-eval", 2)
