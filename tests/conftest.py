@@ -93,4 +93,8 @@ def tiny_eval_models(
     """``(instruct, clinical, other)``: three "llama-eval" models (head size 64, 4096
     positions, the tiny tokenizer with its chat template) for evaluation tests: a base and two
     0.5 perturbations of it. Shared by the session: do not modify them."""
-    return _tiny_models("llama-eval", 0), _tiny_models("llama-eval", 1), _tiny_models("llama-eval", 2)
+    return (
+        _tiny_models("llama-eval", 0),
+        _tiny_models("llama-eval", 1),
+        _tiny_models("llama-eval", 2),
+    )

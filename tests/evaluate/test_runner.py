@@ -1,0 +1,263 @@
+"""``mergemed evaluate`` against lm-eval itself, on tiny local models: the same numbers as a
+direct ``lm_eval.simple_evaluate`` call, in memory as on disk, cached when (and only when) the
+weights are unchanged, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import cli_env
+from safetensors.torch import load_file, save_file
+
+from mergemed.engine import merge
+from mergemed.errors import MergemedError
+from mergemed.evaluate import ResultsStore, evaluate
+from mergemed.evaluate.suites import task_manager
+
+PUBMEDQA = "mm_pubmedqa"
+LIMIT = 12
+
+pytestmark = pytest.mark.slow
+
+
+def direct_lm_eval(folder: Path, task: str, *, chat: bool) -> dict:
+    """What a user gets calling lm-eval directly with the settings mergemed uses on a CPU."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(folder), device="cpu", dtype="auto", batch_size=8)
+    output = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task],
+        task_manager=task_manager(),  # lm-eval's TaskManager over evaluations/
+        limit=LIMIT,
+        apply_chat_template=chat,
+        log_samples=False,
+    )
+    return output["results"][task]
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_eval_models, tmp_path_factory) -> Path:
+    instruct, clinical, _ = tiny_eval_models
+    folder = tmp_path_factory.mktemp("eval-recipe")
+    path = folder / "slerp.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            merge_method: slerp
+            base_model: {instruct}
+            models:
+              - model: {instruct}
+              - model: {clinical}
+            parameters:
+              t: [0.2, 0.8]
+            """
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-template"])
+def test_scores_equal_a_direct_lm_eval_call(tiny_eval_models, chat: bool) -> None:
+    instruct = tiny_eval_models[0]
+    report = evaluate(
+        instruct,
+        tasks=[PUBMEDQA],
+        limit=LIMIT,
+        chat_template="on" if chat else "off",
+        store=False,
+    )
+    ours = report.models[0].lm_eval["results"][PUBMEDQA]
+    assert ours == direct_lm_eval(instruct, PUBMEDQA, chat=chat)
+    assert report.models[0].settings["chat_template"] is chat
+
+
+def test_in_memory_merge_scores_equal_the_written_merge(recipe: Path, tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    in_memory = evaluate(recipe, tasks=[PUBMEDQA], limit=LIMIT, store=store)
+    assert in_memory.models[0].evaluated == [PUBMEDQA]
+    written = merge(recipe, tmp_path / "merged").output
+    on_disk = evaluate(written, tasks=[PUBMEDQA], limit=LIMIT, store=False)
+    assert on_disk.models[0].weights_hash == in_memory.models[0].weights_hash
+    assert (
+        on_disk.models[0].lm_eval["results"][PUBMEDQA]
+        == in_memory.models[0].lm_eval["results"][PUBMEDQA]
+    )
+    # Same weights, same tokenizer and settings: the folder's evaluation is the stored one.
+    again = evaluate(written, tasks=[PUBMEDQA], limit=LIMIT, store=store)
+    assert again.models[0].cached == [PUBMEDQA] and again.models[0].evaluated == []
+
+
+def test_store_reuses_unchanged_weights_and_recomputes_after_one_value_changes(
+    tiny_eval_models, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_eval_models[1], model)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    first = evaluate(model, tasks=[PUBMEDQA], limit=LIMIT, store=store)
+    assert first.models[0].evaluated == [PUBMEDQA] and len(store) == 1
+    second = evaluate(model, tasks=[PUBMEDQA], limit=LIMIT, store=store)
+    assert second.models[0].cached == [PUBMEDQA] and second.models[0].evaluated == []
+    assert second.models[0].lm_eval["results"] == first.models[0].lm_eval["results"]
+
+    weights = load_file(model / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name].view(-1)[0] += 1.0
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    third = evaluate(model, tasks=[PUBMEDQA], limit=LIMIT, store=store)
+    assert third.models[0].weights_hash != first.models[0].weights_hash
+    assert third.models[0].evaluated == [PUBMEDQA] and len(store) == 2
+
+
+def test_changing_a_setting_is_a_new_result(tiny_eval_models, tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results.sqlite")
+    evaluate(tiny_eval_models[0], tasks=[PUBMEDQA], limit=4, store=store, chat_template="off")
+    other = evaluate(tiny_eval_models[0], tasks=[PUBMEDQA], limit=4, store=store)
+    assert other.models[0].settings["chat_template"] is True
+    assert other.models[0].evaluated == [PUBMEDQA] and len(store) == 2
+
+
+def test_parents_give_gain_and_forgetting(tiny_eval_models, recipe: Path, tmp_path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    report = evaluate(
+        recipe,
+        against=[f"instruct={instruct}", f"clinical={clinical}"],
+        tasks=[PUBMEDQA],
+        limit=LIMIT,
+        store=tmp_path / "results.sqlite",
+        json_path=tmp_path / "out" / "results.json",
+    )
+    roles = {m.role: m for m in report.models}
+    assert set(roles) == {"merged", "instruct", "clinical"}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    for model in report.models:
+        assert saved["models"][model.label]["lm_eval"]["results"] == model.lm_eval["results"]
+    scores = {m.role: m.score(PUBMEDQA).value for m in report.models}
+    summary = saved["summary"]
+    assert summary["merged"] == roles["merged"].label
+    member = next(m for m in summary["per_task"] if m["task"] == PUBMEDQA)
+    change_key = "gain" if member["kind"] == "domain" else "forgetting"
+    expected = (
+        scores["merged"] - scores["instruct"]
+        if change_key == "gain"
+        else scores["instruct"] - scores["merged"]
+    )
+    assert member[change_key]["value"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda folder: (folder / "model.safetensors").unlink(), "no weights"),
+        (lambda folder: (folder / "tokenizer.json").unlink(), "no tokenizer"),
+    ],
+    ids=["no-weights", "no-tokenizer"],
+)
+def test_incomplete_model_folder_is_refused(tiny_eval_models, tmp_path, break_it, message):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_eval_models[0], model)
+    break_it(model)
+    if message == "no tokenizer":
+        (model / "tokenizer_config.json").unlink()
+    with pytest.raises(MergemedError, match=message) as caught:
+        evaluate(model, tasks=[PUBMEDQA], store=False)
+    assert str(model) in str(caught.value)
+
+
+def test_bad_settings_are_refused_before_any_work(tiny_eval_models) -> None:
+    model = tiny_eval_models[0]
+    with pytest.raises(MergemedError, match="--limit 0"):
+        evaluate(model, tasks=[PUBMEDQA], limit=0, store=False)
+    with pytest.raises(MergemedError, match=r"close names: .*mm_pubmedqa"):
+        evaluate(model, tasks=["mm_pubmedq"], store=False)
+    with pytest.raises(MergemedError, match="--suite everything"):
+        evaluate(model, suites=["everything"], store=False)
+
+
+def test_vllm_backend_without_vllm_names_the_extra(tiny_eval_models) -> None:
+    pytest.importorskip("lm_eval")
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; the vLLM test module covers it")
+    from mergemed.evaluate import BackendSettings
+
+    with pytest.raises(MergemedError, match=r"mergemed\[vllm\]"):
+        evaluate(
+            tiny_eval_models[0],
+            tasks=[PUBMEDQA],
+            limit=2,
+            backend=BackendSettings(backend="vllm"),
+            store=False,
+        )
+
+
+def test_cli_prints_the_table_and_writes_json(tiny_eval_models, tmp_path: Path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mergemed.cli",
+            "evaluate",
+            str(clinical),
+            "--tasks",
+            PUBMEDQA,
+            "--limit",
+            "4",
+            "--against",
+            f"instruct={instruct}",
+            "--store",
+            str(tmp_path / "results.sqlite"),
+            "--json",
+            str(tmp_path / "results.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert PUBMEDQA in result.stdout and "acc" in result.stdout
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["models"]) == {clinical.name, instruct.name}
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mergemed.cli",
+            "evaluate",
+            str(clinical),
+            "--limit",
+            "-1",
+            "--tasks",
+            PUBMEDQA,
+            "--no-store",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+        check=False,
+    )
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--limit -1" in lines[0], bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_weights_hash_is_the_same_for_a_folder_and_its_tensors(tiny_eval_models) -> None:
+    from mergemed.evaluate.identity import folder_weights_hash, state_dict_weights_hash
+
+    folder = tiny_eval_models[0]
+    tensors = load_file(folder / "model.safetensors")
+    assert folder_weights_hash(folder) == state_dict_weights_hash(tensors)
+    tensors[sorted(tensors)[-1]] = tensors[sorted(tensors)[-1]].to(torch.float16)
+    assert folder_weights_hash(folder) != state_dict_weights_hash(tensors)

@@ -1,0 +1,102 @@
+"""Gain, retention and forgetting on constructed score tables, against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mergemed.evaluate.runner import primary_score
+from mergemed.evaluate.scores import Score, difference, mean, ratio, summarise
+
+
+def test_mean_difference_ratio_closed_forms() -> None:
+    a, b = Score(0.6, 0.03), Score(0.4, 0.04)
+    assert mean([a, b]) == Score(pytest.approx(0.5), pytest.approx(0.025))
+    assert difference(a, b) == Score(pytest.approx(0.2), pytest.approx(0.05))
+    r = ratio(a, b)
+    assert r.value == pytest.approx(1.5)
+    assert r.stderr == pytest.approx(math.sqrt((0.03 / 0.4) ** 2 + (0.6 * 0.04 / 0.16) ** 2))
+    assert ratio(a, Score(0.0, 0.1)) is None
+    assert difference(a, Score(0.1)).stderr is None
+
+
+TABLE = {
+    # merged: better at medicine than instruct, worse at general tasks.
+    "merged": {
+        "pubmedqa": Score(0.60, 0.02),
+        "mmlu_anatomy": Score(0.50, 0.04),
+        "mmlu_college_medicine": Score(0.70, 0.04),
+        "ifeval_med": Score(0.30, 0.05),
+    },
+    "clinical": {
+        "pubmedqa": Score(0.64, 0.02),
+        "mmlu_anatomy": Score(0.56, 0.04),
+        "mmlu_college_medicine": Score(0.72, 0.04),
+        "ifeval_med": Score(0.10, 0.03),
+    },
+    "instruct": {
+        "pubmedqa": Score(0.50, 0.02),
+        "mmlu_anatomy": Score(0.40, 0.04),
+        "mmlu_college_medicine": Score(0.60, 0.04),
+        "ifeval_med": Score(0.45, 0.05),
+    },
+}
+DOMAIN = {"pubmedqa": ["pubmedqa"], "mmlu_medical": ["mmlu_anatomy", "mmlu_college_medicine"]}
+GENERAL = {"ifeval_med": ["ifeval_med"]}
+
+
+def test_summary_figures_equal_their_formulas() -> None:
+    trade = summarise(
+        TABLE,
+        domain=DOMAIN,
+        general=GENERAL,
+        merged="merged",
+        clinical="clinical",
+        instruct="instruct",
+    )
+    # A group counts once: mmlu_medical = mean of its two subjects.
+    mmlu_se = math.sqrt(0.04**2 + 0.04**2) / 2
+    domain_m = (0.60 + 0.60) / 2  # pubmedqa 0.60, mmlu_medical (0.5 + 0.7) / 2
+    domain_i = (0.50 + 0.50) / 2
+    domain_c = (0.64 + 0.64) / 2
+    suite_se = math.sqrt(0.02**2 + mmlu_se**2) / 2
+    assert trade.domain["merged"].value == pytest.approx(domain_m)
+    assert trade.domain["merged"].stderr == pytest.approx(suite_se)
+    assert trade.domain_gain.value == pytest.approx(domain_m - domain_i)
+    assert trade.domain_gain.stderr == pytest.approx(math.hypot(suite_se, suite_se))
+    assert trade.domain_retention.value == pytest.approx(domain_m / domain_c)
+    expected_se = math.hypot(suite_se / domain_c, domain_m * suite_se / domain_c**2)
+    assert trade.domain_retention.stderr == pytest.approx(expected_se)
+    assert trade.forgetting.value == pytest.approx(0.45 - 0.30)
+    assert trade.forgetting.stderr == pytest.approx(math.hypot(0.05, 0.05))
+    per_member = {m.name: m for m in trade.members}
+    assert per_member["pubmedqa"].change.value == pytest.approx(0.10)
+    assert per_member["mmlu_medical"].change.value == pytest.approx(0.10)
+    assert per_member["ifeval_med"].change.value == pytest.approx(0.15)
+    assert per_member["ifeval_med"].kind == "general"
+
+
+def test_members_missing_for_a_model_are_left_out_of_its_comparisons() -> None:
+    table = {label: dict(scores) for label, scores in TABLE.items()}
+    del table["instruct"]["mmlu_anatomy"]  # instruct lacks half of a group
+    trade = summarise(table, domain=DOMAIN, general=GENERAL, merged="merged", instruct="instruct")
+    assert trade.domain_gain.value == pytest.approx(0.60 - 0.50)  # pubmedqa only
+    assert trade.domain_retention is None  # no clinical model
+    assert "instruct" not in {
+        label for m in trade.members if m.name == "mmlu_medical" for label in m.scores
+    }
+
+
+def test_primary_score_follows_the_metric_list() -> None:
+    block = {
+        "alias": "ifeval_med",
+        "inst_level_strict_acc,none": 0.5,
+        "inst_level_strict_acc_stderr,none": "N/A",
+        "prompt_level_strict_acc,none": 0.25,
+        "prompt_level_strict_acc_stderr,none": 0.1,
+    }
+    config = {"metric_list": [{"metric": "prompt_level_strict_acc"}, {"metric": "x"}]}
+    assert primary_score(block, config) == Score(0.25, 0.1)
+    only_inst = {"metric_list": [{"metric": "inst_level_strict_acc"}]}
+    assert primary_score(block, only_inst) == Score(0.5, None)
