@@ -221,6 +221,56 @@ def evaluate(
     Raises:
         MergemedError: bad models, task names, data or settings; one line each.
     """
+    # Task loaders read the data folder from the environment (they also run under plain
+    # lm_eval); set it for this call only.
+    previous = os.environ.get("MERGEMED_DATA_DIR")
+    try:
+        return _evaluate(
+            model,
+            against=against,
+            suites=suites,
+            tasks=tasks,
+            backend=backend,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            chat_template=chat_template,
+            gen_kwargs=gen_kwargs,
+            include=include,
+            data_dir=data_dir,
+            store=store,
+            json_path=json_path,
+            tokenizer=tokenizer,
+            allow_pickle=allow_pickle,
+            bootstrap_iters=bootstrap_iters,
+            on_event=on_event,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("MERGEMED_DATA_DIR", None)
+        else:
+            os.environ["MERGEMED_DATA_DIR"] = previous
+
+
+def _evaluate(
+    model,
+    *,
+    against,
+    suites,
+    tasks,
+    backend,
+    limit,
+    num_fewshot,
+    chat_template,
+    gen_kwargs,
+    include,
+    data_dir,
+    store,
+    json_path,
+    tokenizer,
+    allow_pickle,
+    bootstrap_iters,
+    on_event,
+) -> EvaluationReport:
     started = time.time()
     backend = backend or BackendSettings()
     _check_limit(limit)

@@ -261,3 +261,39 @@ def test_weights_hash_is_the_same_for_a_folder_and_its_tensors(tiny_eval_models)
     assert folder_weights_hash(folder) == state_dict_weights_hash(tensors)
     tensors[sorted(tensors)[-1]] = tensors[sorted(tensors)[-1]].to(torch.float16)
     assert folder_weights_hash(folder) != state_dict_weights_hash(tensors)
+
+
+def test_malformed_local_data_names_the_file_and_line(tiny_eval_models, tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "pubmedqa"
+    folder.mkdir(parents=True)
+    good = {"question": "Is it?", "contexts": ["An abstract."], "final_decision": "yes"}
+    bad = {"question": "Is it?", "contexts": ["An abstract."]}
+    (folder / "test.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(MergemedError) as caught:
+        evaluate(
+            tiny_eval_models[0], tasks=[PUBMEDQA], limit=2, store=False, data_dir=tmp_path / "data"
+        )
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(folder / "test.jsonl") in message and "line 2" in message, message
+
+
+def test_long_context_lengths_beyond_the_model_are_skipped_not_truncated(
+    tiny_eval_models, tmp_path: Path
+) -> None:
+    report = evaluate(
+        tiny_eval_models[0],
+        suites=["forgetting"],
+        limit=1,
+        store=False,
+        chat_template="off",
+        gen_kwargs="max_gen_toks=8",
+    )
+    model = report.models[0]
+    for length in ("4k", "8k", "16k"):
+        reason = model.skipped[f"pubmedqa_longctx_{length}"]
+        assert "above the model's maximum of 4,096" in reason
+    assert "pubmedqa_longctx_1k" in model.evaluated
+    assert "ifeval_med" in model.evaluated
+    member = next(m for m in report.trade_off.members if m.name == "pubmedqa_longctx")
+    assert member.scores[model.label] == model.score("pubmedqa_longctx_1k")

