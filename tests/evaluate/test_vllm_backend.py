@@ -51,7 +51,9 @@ def test_vllm_scores_pubmedqa_like_hf(tiny_eval_models, tmp_path: Path) -> None:
     python = vllm_python()
     if python is None:
         if os.environ.get("MERGEMED_REQUIRE_VLLM") == "1":
-            pytest.fail("MERGEMED_REQUIRE_VLLM=1 but no vLLM venv (run benchmarks/vllm_cpu_setup.sh)")
+            pytest.fail(
+                "MERGEMED_REQUIRE_VLLM=1 but no vLLM venv (run benchmarks/vllm_cpu_setup.sh)"
+            )
         pytest.skip("no vLLM venv: run benchmarks/vllm_cpu_setup.sh to make .venv-vllm")
     model = tiny_eval_models[0]
     script = tmp_path / "run_vllm.py"
