@@ -62,12 +62,12 @@ DOMAIN_SUITES = frozenset({"medical"})
 
 
 def evaluations_dir() -> Path:
-    """The folder of mergemed's lm-eval task YAMLs (``evaluations/`` in the repository)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "evaluations", package.parent / "evaluations"):
-        if candidate.is_dir():
-            return candidate
-    raise MergemedError(f"mergemed's task folder is missing (looked in {package.parent})")
+    """The folder of mergemed's lm-eval task YAMLs: ``mergemed/evaluations``, shipped in the
+    package (the repository's top-level ``evaluations/`` links to it)."""
+    folder = Path(__file__).resolve().parents[1] / "evaluations"
+    if not folder.is_dir():
+        raise MergemedError(f"{folder}: mergemed's task folder is missing; reinstall mergemed")
+    return folder
 
 
 def task_manager(extra_paths: Sequence[str | Path] = (), names: Sequence[str] = ()) -> Any:

@@ -16,10 +16,10 @@ import pytest
 from mergemed.evaluate.punkt import MARKER_FILE, PARAM_FILES
 
 REPO = Path(__file__).resolve().parents[2]
-EVALUATIONS = REPO / "evaluations"
+EVALUATIONS = (REPO / "evaluations").resolve()  # a link to mergemed/evaluations
 TASK_DIR = EVALUATIONS / "forgetting" / "ifeval_med"
 SHIPPED = TASK_DIR / "ifeval_med.jsonl"
-PUBMEDQA = REPO / "evaluations" / "data" / "pubmedqa"
+PUBMEDQA = EVALUATIONS / "data" / "pubmedqa"
 SHARED_PUBMEDQA = Path("/work/shared/data/pubmedqa")
 
 # Run in a fresh interpreter: nltk sees only an empty NLTK_DATA, and any network use fails.

@@ -25,7 +25,7 @@ from mergemed.evaluate.longctx import (
     task_utils,
 )
 
-EVALUATIONS = Path(__file__).resolve().parents[2] / "evaluations"
+EVALUATIONS = (Path(__file__).resolve().parents[2] / "evaluations").resolve()
 utils = task_utils()
 
 

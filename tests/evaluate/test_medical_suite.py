@@ -18,7 +18,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from lm_eval.tasks._yaml_loader import load_yaml  # noqa: E402
 from lm_eval.utils import apply_template  # noqa: E402
 
-EVALUATIONS = Path(__file__).resolve().parents[2] / "evaluations"
+EVALUATIONS = (Path(__file__).resolve().parents[2] / "evaluations").resolve()
 MEDICAL = EVALUATIONS / "medical"
 PUBMEDQA_DIR = EVALUATIONS / "data" / "pubmedqa"
 STOCK = Path(lm_eval.__file__).resolve().parent / "tasks"
