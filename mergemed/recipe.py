@@ -17,11 +17,11 @@ from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from pydantic import ValidationError as PydanticValidationError
 
 from mergemed.errors import RecipeError
 from mergemed.methods import get_method
 from mergemed.methods.registry import MergeMethod, suggest
+from mergemed.validated_yaml import Problems, load_validated
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 """A single parameter value."""
@@ -159,147 +159,24 @@ _RecipeDumper.add_representer(list, _RecipeDumper.represent_list)
 # Loading with line numbers
 
 
-class _Located:
-    """Maps key paths of a YAML document to line numbers."""
-
-    def __init__(self, node: yaml.Node | None):
-        self.lines: dict[tuple[Any, ...], int] = {}
-        if node is not None:
-            self._walk(node, ())
-
-    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                self._walk(value_node, (*path, key))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._walk(item, (*path, index))
-
-    def line(self, path: tuple[Any, ...]) -> int | None:
-        for end in range(len(path), -1, -1):
-            if path[:end] in self.lines:
-                return self.lines[path[:end]]
-        return None
-
-
-def format_path(path: tuple[Any, ...]) -> str:
-    """``("models", 1, "parameters", "weight")`` -> ``models[1].parameters.weight``."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-def _clean_loc(loc: tuple[Any, ...], located: _Located) -> tuple[Any, ...]:
-    """Drop pydantic's union-member tags from an error location, keeping real keys."""
-    path: tuple[Any, ...] = ()
-    for part in loc:
-        candidate = (*path, part)
-        if candidate in located.lines or isinstance(part, int):
-            path = candidate
-        elif isinstance(part, str) and part[:1].isalpha() and "[" not in part and part.islower():
-            # A key absent from the YAML (a missing field) still belongs in the path.
-            if not any(c in part for c in "-[]"):
-                path = candidate
-    return path
-
-
-class _RecipeProblems:
-    def __init__(self, source: str, located: _Located):
-        self.source = source
-        self.located = located
-        self.lines: list[str] = []
-
-    def add(self, path: tuple[Any, ...], message: str) -> None:
-        line = self.located.line(path)
-        where = f"{self.source}:{line}" if line else self.source
-        self.lines.append(f"{where}: {format_path(path)}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            unique = list(dict.fromkeys(self.lines))
-            raise RecipeError(*unique)
-
-
-def _pydantic_message(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    message = error["msg"]
-    if "input" in error and kind not in ("missing",):
-        shown = repr(error["input"])
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        message = f"{message}, got {shown}"
-    return message
-
-
 def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     """Load and validate a recipe from a YAML file, a YAML string or a dict.
 
     Raises:
-        RecipeError: one line per problem, each naming the file, line and key path.
+        RecipeError: naming the file, line and key path of the first problem (``.problems``
+            holds them all).
     """
-    name = "recipe"
-    text: str | None = None
-    if isinstance(source, dict):
-        data = source
-        located = _Located(None)
-    else:
-        path = Path(source) if not (isinstance(source, str) and "\n" in source) else None
-        if path is not None:
-            name = str(path)
-            if not path.is_file():
-                raise RecipeError(f"{path}: recipe file not found")
-            text = path.read_text(encoding="utf-8")
-        else:
-            text = str(source)
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"{name}:{mark.line + 1}" if mark else name
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise RecipeError(f"{where}: not valid YAML: {problem}") from None
-        located = _Located(node)
-    if not isinstance(data, dict):
-        raise RecipeError(f"{name}: expected a mapping of recipe keys, got {type(data).__name__}")
-
-    problems = _RecipeProblems(name, located)
-    _check_unsupported_mergekit_keys(data, problems)
-    problems.raise_if_any()
-    try:
-        recipe = Recipe.model_validate(data)
-    except PydanticValidationError as error:
-        for item in error.errors():
-            problems.add(_clean_loc(tuple(item["loc"]), located), _pydantic_message(item))
-        # A union error repeats once per member; keep the most specific message per key.
-        problems.lines = _most_specific(problems.lines)
-        problems.raise_if_any()
-        raise  # pragma: no cover
-    _check_semantics(recipe, problems)
-    problems.raise_if_any()
-    return recipe
+    return load_validated(
+        source,
+        Recipe,
+        what="recipe",
+        error=RecipeError,
+        before=_check_unsupported_mergekit_keys,
+        after=_check_semantics,
+    )
 
 
-def _most_specific(lines: list[str]) -> list[str]:
-    by_key: dict[str, str] = {}
-    for line in lines:
-        key = line.rsplit(": ", 1)[0]
-        by_key.setdefault(key, line)
-    return list(by_key.values())
-
-
-def _check_unsupported_mergekit_keys(data: dict[str, Any], problems: _RecipeProblems) -> None:
+def _check_unsupported_mergekit_keys(data: dict[str, Any], problems: Problems) -> None:
     if "modules" in data:
         problems.add(("modules",), "multi-module recipes are not supported; use models or slices")
     if "tokenizer" in data:
@@ -348,7 +225,7 @@ def _check_value(method: MergeMethod, name: str, setting: Any, path, problems) -
         problems.add(path, why)
 
 
-def _check_semantics(recipe: Recipe, problems: _RecipeProblems) -> None:
+def _check_semantics(recipe: Recipe, problems: Problems) -> None:
     try:
         method = recipe.method
     except RecipeError as error:
