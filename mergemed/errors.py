@@ -11,20 +11,28 @@ class MergemedError(Exception):
     """Base class: a problem with the user's input or environment, stated in one line."""
 
 
-class RecipeError(MergemedError):
-    """A recipe that does not validate: names the file, the line and the key.
+class ConfigError(MergemedError):
+    """A YAML file (recipe, training config) that does not validate.
 
-    When a recipe has several problems the message states the first and how many more there
-    are; ``problems`` holds every one (``mergemed validate`` prints them all).
+    The message states the first problem, naming the file, the line and the key, and how many
+    more there are; ``problems`` holds every one (``mergemed validate`` prints them all).
     """
 
     def __init__(self, *problems: str):
         self.problems = list(problems)
-        message = problems[0] if problems else "invalid recipe"
+        message = problems[0] if problems else "invalid configuration"
         if len(problems) > 1:
             more = len(problems) - 1
             message += f" (and {more} more problem{'s' if more > 1 else ''}: `mergemed validate`)"
         super().__init__(message)
+
+
+class RecipeError(ConfigError):
+    """A recipe that does not validate."""
+
+
+class TrainConfigError(ConfigError):
+    """A training config that does not validate."""
 
 
 class CheckpointError(MergemedError):

@@ -1,0 +1,2 @@
+"""Training the models that get merged: continual pretraining (cpt) and instruction tuning
+(sft) on trl and transformers."""
