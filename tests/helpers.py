@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -25,3 +29,23 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", NO_COLOR="1")
     env.update(extra or {})
     return env
+
+
+def run_cli(
+    *args: Any,
+    env: dict[str, str] | None = None,
+    command: tuple[str, ...] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mergemed ARGS`` (``python -m mergemed.cli`` unless ``command`` is given) as a real
+    subprocess and capture its output."""
+    return subprocess.run(
+        [*(command or (sys.executable, "-m", "mergemed.cli")), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        env=cli_env(env),
+        preexec_fn=preexec_fn,
+        timeout=timeout,
+        check=False,
+    )

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import cli_env, load_model_tensors
+from helpers import load_model_tensors, run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -42,22 +42,6 @@ KEEP = "keep.txt"
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def run_cli(
-    *args: Any,
-    env: dict[str, str] | None = None,
-    preexec_fn: Callable[[], None] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        env=cli_env(env),
-        preexec_fn=preexec_fn,
-        timeout=300,
-        check=False,
-    )
 
 
 def error_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -12,11 +12,10 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from helpers import cli_env, load_model_tensors
+from helpers import load_model_tensors, run_cli
 from safetensors.torch import load_file
 
 from mergemed.engine import merge
@@ -24,19 +23,6 @@ from mergemed.methods import available_methods
 from mergemed.recipe import load_recipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(
-    *args: Any, env: dict[str, str] | None = None, command: tuple[str, ...] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*(command or (sys.executable, "-m", "mergemed.cli")), *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        env=cli_env(env),
-        timeout=300,
-        check=False,
-    )
 
 
 def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -15,22 +15,10 @@ from pathlib import Path
 
 import torch
 
-from mergemed.checkpoint import Checkpoint
+from mergemed.checkpoint import TOKENIZER_FILES, Checkpoint
 
 HASH_CHUNK_ELEMENTS = 1 << 24
 """Tensors are read and hashed in slices of this many elements (bounded memory)."""
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 def _tensor_preamble(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> bytes:

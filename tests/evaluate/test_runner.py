@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env
+from helpers import run_cli
 from safetensors.torch import load_file, save_file
 
 from mergemed.engine import merge
@@ -218,53 +216,25 @@ def test_vllm_backend_without_vllm_names_the_extra(tiny_eval_models) -> None:
 
 def test_cli_prints_the_table_and_writes_json(tiny_eval_models, tmp_path: Path) -> None:
     instruct, clinical, _ = tiny_eval_models
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mergemed.cli",
-            "evaluate",
-            str(clinical),
-            "--tasks",
-            PUBMEDQA,
-            "--limit",
-            "4",
-            "--against",
-            f"instruct={instruct}",
-            "--store",
-            str(tmp_path / "results.sqlite"),
-            "--json",
-            str(tmp_path / "results.json"),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=600,
-        check=False,
+    result = run_cli(
+        "evaluate",
+        clinical,
+        "--tasks",
+        PUBMEDQA,
+        "--limit",
+        "4",
+        "--against",
+        f"instruct={instruct}",
+        "--store",
+        tmp_path / "results.sqlite",
+        "--json",
+        tmp_path / "results.json",
     )
     assert result.returncode == 0, result.stderr
     assert PUBMEDQA in result.stdout and "acc" in result.stdout
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["models"]) == {clinical.name, instruct.name}
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mergemed.cli",
-            "evaluate",
-            str(clinical),
-            "--limit",
-            "-1",
-            "--tasks",
-            PUBMEDQA,
-            "--no-store",
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=600,
-        check=False,
-    )
+    bad = run_cli("evaluate", clinical, "--limit", "-1", "--tasks", PUBMEDQA, "--no-store")
     assert bad.returncode == 2
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--limit -1" in lines[0], bad.stderr
