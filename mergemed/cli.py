@@ -231,6 +231,28 @@ def _batch_size(text: str | None) -> int | str | None:
     return value
 
 
+train_app = typer.Typer(help="Train the models that get merged (continual pretraining, SFT).")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("cpt")
+def train_cpt(
+    config: Annotated[Path, typer.Argument(help="Training config YAML (see configs/).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Continual pretraining: a base model -> a domain model, on a weighted mix of raw text."""
+    from mergemed.train.cpt import train_cpt as run_training
+
+    result = run_training(config, progress=not quiet)
+    report = result.report
+    mix = ", ".join(f"{name} {tokens:,}" for name, tokens in report["tokens_per_source"].items())
+    console.print(
+        f"[green]trained[/] {result.steps} steps in {result.seconds:.1f} s "
+        f"({report['tokens_per_second']:,} tokens/s; tokens: {mix}; padding "
+        f"{report['padding_waste']:.1%}) -> [bold]{escape(str(result.output))}[/]"
+    )
+
+
 @app.command()
 def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
