@@ -253,6 +253,23 @@ def train_cpt(
     )
 
 
+@train_app.command("sft")
+def train_sft(
+    config: Annotated[Path, typer.Argument(help="Training config YAML (see configs/).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Instruction tuning: a base or CPT model -> an instruct model (completion-only loss)."""
+    from mergemed.train.sft import train_sft as run_training
+
+    result = run_training(config, progress=not quiet)
+    report = result.report
+    console.print(
+        f"[green]trained[/] {result.steps} steps in {result.seconds:.1f} s "
+        f"({report['train_examples']} examples, {report['completion_tokens']:,} completion "
+        f"tokens, {report['dropped_too_long']} too long) -> [bold]{escape(str(result.output))}[/]"
+    )
+
+
 @app.command()
 def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],

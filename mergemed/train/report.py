@@ -17,6 +17,8 @@ def loss_curves(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[tupl
         for key, value in entry.items():
             if key == "loss":
                 curves.setdefault("train", []).append((step, float(value)))
+            elif key == "eval_loss":
+                curves.setdefault("held_out", []).append((step, float(value)))
             elif key.startswith("eval_") and key.endswith("_loss"):
                 name = key.removeprefix("eval_").removesuffix("_loss")
                 curves.setdefault(f"held_out/{name}", []).append((step, float(value)))
