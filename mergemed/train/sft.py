@@ -161,6 +161,12 @@ def prepare_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> S
     )
 
 
+def _tokens_seen(trainer: Any) -> float:
+    """Tokens trl counted through training (prompt and completion, no padding)."""
+    counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    return float(counts[-1]) if counts else 0.0
+
+
 def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> TrainResult:
     """Instruction-tune a model; the output is a full model folder (LoRA merged in, the
     adapter kept in ``adapter/``).
@@ -199,6 +205,7 @@ def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
         "neftune_noise_alpha": config.training.neftune_noise_alpha,
         "lora": config.lora.model_dump() if config.lora else None,
         "train_seconds": round(seconds, 3),
+        "tokens_per_second": round(_tokens_seen(trainer) / seconds, 1) if seconds else None,
         "final_train_loss": result.training_loss,
         "loss_curves": loss_curves(trainer.state.log_history),
     }

@@ -148,3 +148,12 @@ def test_cli_bad_data_is_one_line(tiny_eval_models, tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "missing.jsonl" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_sequence_length_above_the_model_maximum_is_refused(tiny_eval_models, tmp_path) -> None:
+    text = cpt_config(tiny_eval_models[0], tmp_path / "out").replace(
+        "sequence_length: 256", "sequence_length: 8192"
+    )
+    with pytest.raises(MergemedError, match="8192 is above the model's maximum of 4096"):
+        train_cpt(load_train_config(text, "cpt"), progress=False)
+    assert not (tmp_path / "out").exists()

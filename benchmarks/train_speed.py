@@ -1,0 +1,250 @@
+"""Tokens/s of ``mergemed train`` against a plain trl script: same model, data and settings.
+
+Each run is its own process, one after the other:
+
+* ``cpt, mergemed``: ``train_cpt`` on the general + medical text mixed 9:1 in tokens, packed
+  by mergemed (best-fit decreasing) into 256-token sequences;
+* ``cpt, plain trl``: trl's ``SFTTrainer`` on the same documents as plain text with trl's own
+  packing (``packing=True``, best-fit decreasing), same sequence length, batch and schedule.
+  trl 1.16 packs into padding-free rows, meant for flash-attention; on a CPU (sdpa) a step
+  takes minutes, so only one step is timed;
+* ``sft, mergemed``: ``train_sft`` on PubMedQA records rendered with the chat template,
+  completion-only loss, LoRA r=8;
+* ``sft, plain trl``: trl's ``SFTTrainer`` on the same conversations in trl's
+  prompt/completion format, same LoRA, ``completion_only_loss=True``.
+
+Throughput is the tokens trained divided by the trainer's own ``train_runtime`` (set-up not
+counted): packed sequences x length for CPT, trl's ``num_tokens`` for SFT. Target: mergemed
+≥ 0.95× plain trl. Also prints the padding waste of mergemed's packing. Appends to
+``benchmarks/RESULTS.md``. The model is SmolLM2-135M-Instruct (see ``eval_speed.py``), float32.
+
+    .venv/bin/python benchmarks/train_speed.py [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+RESULTS_PATH = REPO_ROOT / "benchmarks" / "RESULTS.md"
+GENERAL = REPO_ROOT / "mergemed" / "data" / "devils_dictionary.txt"
+MEDICAL = REPO_ROOT / "mergemed" / "evaluations" / "data" / "pubmedqa" / "train.jsonl"
+SEQUENCE = 256
+BATCH = 4
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
+TRL_PACKED_STEPS = 1
+"""Steps timed for trl's own packing (padding-free rows: minutes a step on a CPU)."""
+
+
+def _settings(steps: int) -> dict:
+    return {
+        "max_steps": steps,
+        "micro_batch_size": BATCH,
+        "learning_rate": 1e-4,
+        "logging_steps": 1,
+        "save_steps": 10_000,
+        "eval_steps": 10_000,
+        "warmup_ratio": 0.01,
+    }
+
+
+def _config(kind: str, model: str, output: str, steps: int) -> dict:
+    data: dict = {"sequence_length": SEQUENCE, "held_out_fraction": 0.0}
+    if kind == "cpt":
+        data["sources"] = [
+            {"name": "general", "path": str(GENERAL), "weight": 9},
+            {"name": "medical", "path": str(MEDICAL), "text_field": "contexts", "weight": 1},
+        ]
+        data["sequence_length"] = SEQUENCE
+    else:
+        data.update(path=str(MEDICAL), format="pubmedqa", sequence_length=2048)
+    config = {
+        "kind": kind,
+        "model": {"path": model, "dtype": "float32"},
+        "data": data,
+        "training": _settings(steps),
+        "output": {"dir": output},
+    }
+    if kind == "sft":
+        config["lora"] = LORA
+    return config
+
+
+def run_mergemed(kind: str, model: str, output: str, steps: int) -> dict:
+    from mergemed.train.config import load_train_config
+
+    config = load_train_config(_config(kind, model, output, steps), kind)
+    if kind == "cpt":
+        from mergemed.train.cpt import train_cpt
+
+        report = train_cpt(config, progress=False).report
+        tokens = report["steps"] * BATCH * SEQUENCE
+        return {
+            "tokens": tokens,
+            "seconds": report["train_seconds"],
+            "waste": report["padding_waste"],
+        }
+    from mergemed.train.sft import train_sft
+
+    report = train_sft(config, progress=False).report
+    return {
+        "tokens": report["tokens_per_second"] * report["train_seconds"],
+        "seconds": report["train_seconds"],
+    }
+
+
+def run_trl(kind: str, model: str, output: str, steps: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from mergemed.train.data import Source, pubmedqa_sft_records, read_documents
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    network = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    common = dict(
+        output_dir=output,
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        learning_rate=1e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    if kind == "cpt":
+        documents = read_documents(Source("general", GENERAL)) + read_documents(
+            Source("medical", MEDICAL, text_field="contexts")
+        )
+        dataset = Dataset.from_dict({"text": documents})
+        # trl 1.16 always packs into padding-free rows (one [1, batch x length] row with
+        # cu_seq_lens; padding_free=False and packing_strategy="wrapped" change nothing),
+        # which without flash-attention costs minutes a step on a CPU: one step is timed.
+        common["max_steps"] = TRL_PACKED_STEPS
+        args = SFTConfig(**common, packing=True, max_length=SEQUENCE)
+        trainer = SFTTrainer(
+            model=network, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        result = trainer.train()
+        tokens = TRL_PACKED_STEPS * BATCH * SEQUENCE
+        return {"tokens": tokens, "seconds": result.metrics["train_runtime"]}
+    records = pubmedqa_sft_records(MEDICAL)
+    dataset = Dataset.from_list([{"prompt": r[:-1], "completion": [r[-1]]} for r in records])
+    args = SFTConfig(**common, max_length=2048, completion_only_loss=True)
+    lora = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=network,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    result = trainer.train()
+    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e][-1]
+    return {"tokens": tokens, "seconds": result.metrics["train_runtime"]}
+
+
+def child() -> None:
+    which, kind, model, output, steps, out = sys.argv[2:8]
+    runner = run_mergemed if which == "mergemed" else run_trl
+    Path(out).write_text(json.dumps(runner(kind, model, output, int(steps))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--no-record", action="store_true")
+    arguments = parser.parse_args()
+    from eval_speed import WORK, ensure_smollm2
+
+    model = arguments.model or ensure_smollm2(WORK / "models" / "smollm2-135m-instruct")
+    scratch = Path(tempfile.mkdtemp(prefix="train-speed-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rows = {}
+    for kind in ("cpt", "sft"):
+        for which in ("mergemed", "trl"):
+            out = scratch / f"{kind}-{which}.json"
+            print(f"running {kind}, {which} ...", flush=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "_child",
+                    which,
+                    kind,
+                    str(model),
+                    str(scratch / f"{kind}-{which}"),
+                    str(arguments.steps),
+                    str(out),
+                ],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            rows[(kind, which)] = json.loads(out.read_text())
+    lines = [
+        "| run | tokens | train s | tokens/s | vs plain trl | padding waste |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in ("cpt", "sft"):
+        trl_rate = rows[(kind, "trl")]["tokens"] / rows[(kind, "trl")]["seconds"]
+        for which in ("mergemed", "trl"):
+            row = rows[(kind, which)]
+            rate = row["tokens"] / row["seconds"]
+            waste = f"{row['waste']:.2%}" if "waste" in row else "-"
+            lines.append(
+                f"| {kind}, {'mergemed' if which == 'mergemed' else 'plain trl'} | "
+                f"{row['tokens']:,.0f} | {row['seconds']:.1f} | {rate:,.0f} | "
+                f"{rate / trl_rate:.3f}x | {waste} |"
+            )
+    table = "\n".join(lines)
+    print(table)
+    if arguments.no_record:
+        return
+    import torch
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    section = [
+        f"\n## {now:%Y-%m-%d %H:%M} UTC: training speed, {model.name}, cpu\n",
+        f"- **machine**: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}",
+        f"- **settings**: float32, {arguments.steps} steps, micro-batch {BATCH}; cpt: 9:1 "
+        f"general:medical, {SEQUENCE}-token packed sequences; sft: PubMedQA train records, "
+        "LoRA r=8 on all linear layers, completion-only loss; tokens/s over the trainer's own "
+        "train_runtime",
+        "",
+        table,
+        "",
+    ]
+    with RESULTS_PATH.open("a") as results:
+        results.write("\n".join(section))
+    print(f"appended to {RESULTS_PATH}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child()
+    else:
+        main()
