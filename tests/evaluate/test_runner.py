@@ -200,6 +200,8 @@ def test_bad_settings_are_refused_before_any_work(tiny_eval_models) -> None:
 
 def test_vllm_backend_without_vllm_names_the_extra(tiny_eval_models) -> None:
     pytest.importorskip("lm_eval")
+    # Conditional by design: this checks the message for a missing vLLM; where vLLM is
+    # installed, tests/evaluate/test_vllm_backend.py runs the backend itself.
     if __import__("importlib").util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here; the vLLM test module covers it")
     from mergemed.evaluate import BackendSettings
