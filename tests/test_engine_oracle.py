@@ -188,6 +188,18 @@ def test_streamed_slices_match_mergekit(tiny_model_trio, tmp_path):
     _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")
 
 
+@pytest.mark.parametrize("case", ["ties", "ties-unnormalised-rescaled"])
+def test_sparsified_tensors_are_never_cut_into_slices(case, tiny_model_trio, tmp_path):
+    """TIES keeps the top entries of a whole task vector: a tensor larger than the slice size
+    must still be sparsified whole (a bug once applied the threshold slice by slice)."""
+    base, first, second = tiny_model_trio("llama")
+    recipe = _bind(RECIPES[case], {"A": base, "B": first, "C": second})
+    _mergekit(recipe, tmp_path / "mergekit")
+    result = merge(_recipe_object(recipe), tmp_path / "mergemed", chunk_elements=1000)
+    assert result.report["streamed_tensors"] == 0
+    _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")
+
+
 def test_tied_embeddings_match_mergekit(tiny_model_pair, tmp_path):
     base, first = tiny_model_pair("llama-tied")
     recipe = _bind(RECIPES["slerp-gradient-filters"], {"A": base, "B": first})

@@ -94,8 +94,10 @@ class MergeInputs:
     output_dtype: torch.dtype | None = None
 
     def others(self) -> list[int]:
-        """Indices of the non-base inputs, in recipe order."""
-        return [i for i in range(len(self.tensors)) if i != self.base_index]
+        """Indices of the non-base inputs, in recipe order (known before any tensor is read:
+        the engine asks streaming kernels whether they apply with no tensors yet)."""
+        count = max(len(self.tensors), len(self.model_parameters))
+        return [i for i in range(count) if i != self.base_index]
 
 
 @dataclass(frozen=True)
