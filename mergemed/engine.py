@@ -52,7 +52,23 @@ from mergemed.checkpoint import (
 from mergemed.errors import MergeError, MergemedError, OutputError
 from mergemed.methods.registry import MergeInputs, MergeMethod
 from mergemed.recipe import Recipe, load_recipe
-from mergemed.schedule import MergePlan, TensorTask, build_plan, layout_from_checkpoint
+from mergemed.schedule import (
+    MergePlan,
+    ModelLayout,
+    TensorTask,
+    build_plan,
+    layout_from_checkpoint,
+)
+from mergemed.vocabulary import (
+    VocabularyAlignment,
+    build_output_vocabulary,
+    check_hidden_sizes,
+    compare_vocabularies,
+    is_vocabulary_tensor,
+    mismatch_message,
+    read_vocabularies,
+    tokenizer_settings,
+)
 
 JOURNAL = ".mergemed-journal.json"
 DEFAULT_CHUNK_ELEMENTS = 16 * 1024 * 1024
@@ -134,8 +150,8 @@ def merge(
     search_dirs = [recipe_path.parent.absolute()] if recipe_path else []
     checkpoints = _open_models(recipe, search_dirs, allow_pickle)
     try:
-        layouts = {ref: layout_from_checkpoint(cp) for ref, cp in checkpoints.items()}
-        plan = build_plan(recipe, layouts)
+        alignment = _prepare_vocabulary(recipe, checkpoints)
+        plan = build_plan(recipe, _layouts(checkpoints, alignment))
         base_reference = _reference_model(recipe)
         output_dtype = _output_dtype(recipe, checkpoints[base_reference], plan)
         shards = layout_shards(
@@ -160,10 +176,13 @@ def merge(
                     chunk_elements=chunk_elements,
                     progress=progress,
                     on_start=on_start,
+                    alignment=alignment,
                 )
             try:
                 write_index(partial, shards)
-                sources = _write_metadata(partial, recipe, checkpoints, plan, output_dtype)
+                sources = _write_metadata(
+                    partial, recipe, checkpoints, plan, output_dtype, alignment
+                )
             except OSError as error:
                 raise _output_error(Path(error.filename or partial), error) from None
             report = _report(
@@ -176,6 +195,7 @@ def merge(
                 hash_inputs,
                 sources,
                 len(completed),
+                alignment,
             )
             try:
                 (partial / "merge.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -247,8 +267,8 @@ def merge_to_memory(
     checkpoints = _open_models(recipe, search_dirs, allow_pickle)
     holder = tempfile.TemporaryDirectory(prefix="mergemed-in-memory-")
     try:
-        layouts = {ref: layout_from_checkpoint(cp) for ref, cp in checkpoints.items()}
-        plan = build_plan(recipe, layouts)
+        alignment = _prepare_vocabulary(recipe, checkpoints)
+        plan = build_plan(recipe, _layouts(checkpoints, alignment))
         output_dtype = _output_dtype(recipe, checkpoints[_reference_model(recipe)], plan)
         shards = layout_shards(
             [OutputTensor(t.name, output_dtype, t.shape) for t in plan.tasks], 1 << 62
@@ -270,8 +290,9 @@ def merge_to_memory(
                 progress=progress,
                 on_start=on_start,
                 sink=sink,
+                alignment=alignment,
             )
-        _write_metadata(folder, recipe, checkpoints, plan, output_dtype)
+        _write_metadata(folder, recipe, checkpoints, plan, output_dtype, alignment)
         (folder / "recipe.yaml").write_text(_resolved_recipe(recipe, checkpoints, output_dtype))
     except BaseException:
         holder.cleanup()
@@ -349,6 +370,54 @@ def _open_models(recipe: Recipe, search_dirs, allow_pickle) -> dict[str, Checkpo
 
 def _reference_model(recipe: Recipe) -> str:
     return recipe.base_model or recipe.model_references()[0]
+
+
+def _prepare_vocabulary(
+    recipe: Recipe, checkpoints: dict[str, Checkpoint]
+) -> VocabularyAlignment | None:
+    """Compare the parents' vocabularies before any weight is read; build the alignment the
+    recipe's tokenizer section asks for (None when no row moves)."""
+    settings = tokenizer_settings(recipe)
+    reference = _reference_model(recipe)
+    parents = read_vocabularies(checkpoints, load_tokenizers=False)
+    check_hidden_sizes(parents)
+    digests = {p.tokenizer_digest for p in parents.values() if p.tokenizer_digest}
+    rows = {p.rows for p in parents.values()}
+    if settings is None and len(digests) <= 1 and len(rows) <= 1:
+        return None
+    parents = read_vocabularies(checkpoints)
+    if settings is None:
+        comparison = compare_vocabularies(parents, reference)
+        if not comparison.identical:
+            raise MergeError(mismatch_message(comparison))
+        return None
+    output = build_output_vocabulary(settings, reference, recipe.model_references(), parents)
+    alignment = VocabularyAlignment(settings, output, parents, reference)
+    if alignment.is_identity(list(checkpoints)) and not settings.tokens:
+        return None
+    return alignment
+
+
+def _layouts(
+    checkpoints: dict[str, Checkpoint], alignment: VocabularyAlignment | None
+) -> dict[str, ModelLayout]:
+    """Each model's layout; with an alignment, vocabulary tensors take the output's rows."""
+    layouts = {ref: layout_from_checkpoint(cp) for ref, cp in checkpoints.items()}
+    if alignment is None:
+        return layouts
+    aligned = {}
+    for reference, layout in layouts.items():
+        shapes = {
+            name: (alignment.rows, *shape[1:]) if is_vocabulary_tensor(name) else shape
+            for name, shape in layout.shapes.items()
+        }
+        aligned[reference] = ModelLayout(
+            reference=layout.reference,
+            shapes=shapes,
+            num_layers=layout.num_layers,
+            tie_word_embeddings=layout.tie_word_embeddings,
+        )
+    return aligned
 
 
 def _output_dtype(recipe: Recipe, reference: Checkpoint, plan: MergePlan) -> torch.dtype:
@@ -457,7 +526,9 @@ class _Timings:
 _DONE = object()
 
 
-def _work_items(plan: MergePlan, skip: set[int], chunk_elements: int) -> Iterator[_WorkItem]:
+def _work_items(
+    plan: MergePlan, skip: set[int], chunk_elements: int, whole: set[int] = frozenset()
+) -> Iterator[_WorkItem]:
     method = plan.method
     for index, task in enumerate(plan.tasks):
         if index in skip:
@@ -467,7 +538,8 @@ def _work_items(plan: MergePlan, skip: set[int], chunk_elements: int) -> Iterato
             numel *= dim
         kernel = method.streaming
         streamed = (
-            kernel is not None
+            index not in whole
+            and kernel is not None
             and numel > chunk_elements
             and kernel.applies(_inputs_for(task, [], None))
         )
@@ -529,6 +601,7 @@ def _run(
     progress: ProgressCallback | None,
     on_start: Callable[[int, int], None] | None,
     sink: _MemorySink | None = None,
+    alignment: VocabularyAlignment | None = None,
 ) -> _Timings:
     method: MergeMethod = plan.method
     input_dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
@@ -548,9 +621,15 @@ def _run(
     read_queue: queue.Queue = queue.Queue(maxsize=2)
     write_queue: queue.Queue = queue.Queue(maxsize=2)
     finished = {s.filename: s.file_bytes for s in shards if s.filename in completed}
+    # Vocabulary tensors are aligned whole (rows move between positions); the rest stream.
+    aligned = (
+        {i for i, t in enumerate(plan.tasks) if is_vocabulary_tensor(t.name)}
+        if alignment is not None
+        else set()
+    )
 
     def read_all() -> None:
-        for item in _work_items(plan, skip, chunk_elements):
+        for item in _work_items(plan, skip, chunk_elements, aligned):
             if stop.is_set():
                 return
             task = plan.tasks[item.task_index]
@@ -611,6 +690,7 @@ def _run(
                 input_dtype,
                 output_dtype,
                 device,
+                alignment if item.task_index in aligned else None,
             )
             timings.compute += time.perf_counter() - begin
             if result is not None:
@@ -682,6 +762,7 @@ def _compute(
     input_dtype: torch.dtype | None,
     output_dtype: torch.dtype,
     device: torch.device,
+    alignment: VocabularyAlignment | None = None,
 ) -> torch.Tensor | None:
     prepared = []
     for tensor in tensors:
@@ -689,6 +770,8 @@ def _compute(
         if input_dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(input_dtype)
         prepared.append(tensor)
+    if alignment is not None:
+        prepared = alignment.align([s.model for s in task.sources], task.base_model, prepared)
     if not prepared[0].is_floating_point():
         # Integer buffers are not merged: they are copied from the base (or first) model.
         return prepared[task.base_index or 0].to("cpu")
@@ -735,7 +818,9 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 # Metadata, report, hand-over
 
 
-def _write_metadata(folder, recipe, checkpoints, plan, output_dtype) -> dict[str, Any]:
+def _write_metadata(
+    folder, recipe, checkpoints, plan, output_dtype, alignment=None
+) -> dict[str, Any]:
     base = checkpoints[_reference_model(recipe)]
     config = dict(base.config)
     original_layers = base.num_layers
@@ -751,28 +836,37 @@ def _write_metadata(folder, recipe, checkpoints, plan, output_dtype) -> dict[str
     present = [k for k in ("dtype", "torch_dtype") if k in config]
     for key in present or ["torch_dtype"]:
         config[key] = dtype_name
+    if alignment is not None:
+        for holder in (config, config.get("text_config")):
+            if isinstance(holder, dict) and "vocab_size" in holder:
+                holder["vocab_size"] = alignment.rows
     if plan.tie_word_embeddings is not None and "tie_word_embeddings" in config:
         config["tie_word_embeddings"] = plan.tie_word_embeddings
     elif plan.tie_word_embeddings is False and base.tie_word_embeddings:
         config["tie_word_embeddings"] = False
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    tokenizer_reference = (
-        _reference_model(recipe)
-        if recipe.tokenizer_source in (None, "base")
-        else recipe.tokenizer_source
-    )
+    settings = tokenizer_settings(recipe)
+    source = settings.source if settings is not None else "base"
+    tokenizer_reference = _reference_model(recipe) if source in ("base", "union") else source
     tokenizer_folder = checkpoints[tokenizer_reference].folder
     copied = []
-    for filename in TOKENIZER_FILES + GENERATION_FILES:
-        source = tokenizer_folder / filename
-        if source.is_file():
-            shutil.copyfile(source, folder / filename)
+    if alignment is not None:
+        alignment.output.tokenizer.save_pretrained(folder)
+        copied = sorted(p.name for p in folder.iterdir() if p.name in TOKENIZER_FILES)
+    for filename in (
+        GENERATION_FILES if alignment is not None else TOKENIZER_FILES + GENERATION_FILES
+    ):
+        source_file = tokenizer_folder / filename
+        if source_file.is_file():
+            shutil.copyfile(source_file, folder / filename)
             copied.append(filename)
     template_source = _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference)
     return {
         "config": _reference_model(recipe),
-        "tokenizer": tokenizer_reference,
+        "tokenizer": (
+            f"{source} (built by vocabulary alignment)" if alignment else tokenizer_reference
+        ),
         "tokenizer_files": copied,
         "chat_template": template_source,
     }
@@ -796,14 +890,19 @@ def read_chat_template(folder: Path) -> str | None:
 def _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference) -> str | None:
     choice = recipe.chat_template
     if choice is None:
-        return tokenizer_reference if read_chat_template(folder) else None
-    if choice == "auto":
-        templates = [read_chat_template(c.folder) for c in checkpoints.values()]
-        counted = [t for t in templates if t]
-        if not counted:
+        if read_chat_template(folder):
+            return f"{tokenizer_reference} (the tokenizer source)"
+        chosen = _most_common_template(checkpoints)
+        if chosen is None:
             return None
-        template = max(counted, key=counted.count)
-        owner = next(r for r, t in zip(checkpoints, templates, strict=True) if t == template)
+        # Never drop a parent's template silently: an instruct parent's template is kept.
+        template, owner = chosen
+        source = f"{owner} (the tokenizer source {tokenizer_reference!r} has none)"
+    elif choice == "auto":
+        chosen = _most_common_template(checkpoints)
+        if chosen is None:
+            return None
+        template, owner = chosen
         source = f"auto ({owner})"
     elif choice in checkpoints:
         template = read_chat_template(checkpoints[choice].folder)
@@ -828,7 +927,29 @@ def _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference) -> st
     return source
 
 
-def _report(recipe, checkpoints, shards, timings, started, device, hash_inputs, sources, resumed):
+def _most_common_template(checkpoints: dict[str, Checkpoint]) -> tuple[str, str] | None:
+    """The chat template most parents share and its first owner; None when none has one."""
+    templates = [read_chat_template(c.folder) for c in checkpoints.values()]
+    counted = [t for t in templates if t]
+    if not counted:
+        return None
+    template = max(counted, key=counted.count)
+    owner = next(r for r, t in zip(checkpoints, templates, strict=True) if t == template)
+    return template, owner
+
+
+def _report(
+    recipe,
+    checkpoints,
+    shards,
+    timings,
+    started,
+    device,
+    hash_inputs,
+    sources,
+    resumed,
+    alignment=None,
+):
     inputs = {}
     for reference, checkpoint in checkpoints.items():
         files = {}
@@ -866,6 +987,11 @@ def _report(recipe, checkpoints, shards, timings, started, device, hash_inputs, 
         "resumed_shards": resumed,
         "inputs": inputs,
         "sources": sources,
+        "vocabulary": (
+            alignment.summary()
+            if alignment is not None
+            else {"aligned": False, "note": "the parents' vocabularies are identical"}
+        ),
         "output": {
             "bytes": sum(s.file_bytes for s in shards),
             "tensors": sum(len(s.tensors) for s in shards),
@@ -898,7 +1024,8 @@ def _resolved_recipe(recipe: Recipe, checkpoints: dict[str, Checkpoint], output_
     if not parameters:
         data.pop("parameters")
     data["out_dtype"] = str(output_dtype).removeprefix("torch.")
-    data.setdefault("tokenizer_source", "base")
+    if "tokenizer" not in data:
+        data.setdefault("tokenizer_source", "base")
     pins = {}
     for reference, checkpoint in checkpoints.items():
         commit = hub_commit(checkpoint.folder)

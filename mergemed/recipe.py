@@ -2,8 +2,8 @@
 
 A recipe is a superset of mergekit's merge configuration: any mergekit YAML using
 ``merge_method``, ``models`` or ``slices``, ``base_model``, ``parameters``, ``dtype``,
-``out_dtype``, ``tokenizer_source`` and ``chat_template`` loads unchanged. mergemed adds
-``name``, ``description`` and ``random_seed``.
+``out_dtype``, ``tokenizer_source`` or a ``tokenizer:`` section, and ``chat_template`` loads
+unchanged. mergemed adds ``name``, ``description`` and ``random_seed``.
 
 Every field below is named exactly as its YAML key. Errors name the file, the line and the key
 path (``recipe.yaml:7: parameters.t[2]: expected a number in [0, 1], got 1.5``).
@@ -87,6 +87,56 @@ class OutputSlice(BaseModel):
     """Slice-level parameters; override global ones."""
 
 
+class ZeroEmbedding(BaseModel):
+    """``{kind: zero}``: the token's embedding and lm_head rows are zero."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    kind: Literal["zero"]
+    """Always ``zero``."""
+
+
+class ModelTokenEmbedding(BaseModel):
+    """``{kind: model_token, model, token | token_id}``: copy another token's rows of a model."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    kind: Literal["model_token"]
+    """Always ``model_token``."""
+    model: str
+    """The model whose rows are copied (a model of the recipe)."""
+    token: str | None = None
+    """The token of that model's vocabulary whose rows are copied."""
+    token_id: StrictInt | None = None
+    """Or its row index in that model's embedding."""
+
+
+class TokenSettings(BaseModel):
+    """Where one output token's embedding and lm_head rows come from."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    source: ZeroEmbedding | ModelTokenEmbedding | str | None = None
+    """A model of the recipe (its row for this token), ``{kind: zero}``, or
+    ``{kind: model_token, ...}``. Unset: mergekit's rules for tokens some parents lack."""
+    force: StrictBool = False
+    """Use ``source`` for every parent, even those that have the token."""
+
+
+class TokenizerSettings(BaseModel):
+    """The ``tokenizer:`` section: the output vocabulary and how parents' rows are aligned."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    source: str = "union"
+    """``union`` (every parent's tokens), ``base`` (the base model's), or a model of the
+    recipe (its tokenizer)."""
+    tokens: dict[str, TokenSettings] | None = None
+    """Per-token settings; tokens not in the output vocabulary are added to it."""
+    pad_to_multiple_of: StrictInt | None = None
+    """Pad the embedding rows to a multiple of this (padding rows get the mean embedding)."""
+
+
 class Recipe(BaseModel):
     """A merge recipe. Exactly one of ``models`` and ``slices`` is given."""
 
@@ -108,8 +158,11 @@ class Recipe(BaseModel):
     out_dtype: DType | None = None
     """dtype of the written weights (default: ``dtype``, else the inputs')."""
     tokenizer_source: str | None = None
-    """Where tokenizer, generation config and chat template come from: ``base`` (default) or
-    a model of the recipe. (``union`` needs vocabulary alignment, not yet available.)"""
+    """mergekit's legacy form of ``tokenizer: {source: ...}``: ``base``, ``union`` or a model
+    of the recipe. Unset (and no ``tokenizer:``): the base's tokenizer, and the parents'
+    vocabularies must be identical."""
+    tokenizer: TokenizerSettings | None = None
+    """The output vocabulary: source, per-token overrides, padding (mergekit's section)."""
     chat_template: str | None = None
     """``auto`` (most common among the inputs), a model of the recipe, ``chatml``, or a Jinja
     template string. Default: the tokenizer source's template."""
@@ -179,12 +232,8 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
 def _check_unsupported_mergekit_keys(data: dict[str, Any], problems: Problems) -> None:
     if "modules" in data:
         problems.add(("modules",), "multi-module recipes are not supported; use models or slices")
-    if "tokenizer" in data:
-        problems.add(
-            ("tokenizer",),
-            "the tokenizer section (vocabulary alignment) is not supported yet; "
-            "use tokenizer_source: base or a model of the recipe",
-        )
+    if data.get("tokenizer") is not None and data.get("tokenizer_source") is not None:
+        problems.add(("tokenizer_source",), "give either tokenizer_source or tokenizer, not both")
 
 
 def _settings(recipe: Recipe) -> Iterator[tuple[tuple[Any, ...], Parameters, str]]:
@@ -287,16 +336,45 @@ def _check_semantics(recipe: Recipe, problems: Problems) -> None:
                 ("models",), f"{method.name} takes at most {method.max_models} models, got {count}"
             )
 
-    names = set(recipe.model_references())
-    if recipe.tokenizer_source not in (None, "base") and recipe.tokenizer_source not in names:
-        if recipe.tokenizer_source == "union":
-            problems.add(
-                ("tokenizer_source",),
-                "'union' needs vocabulary alignment, not yet available; "
-                "use 'base' or a model of the recipe",
-            )
-        else:
-            problems.add(
-                ("tokenizer_source",),
-                f"expected 'base' or one of the recipe's models ({', '.join(sorted(names))})",
-            )
+    names = recipe.model_references()
+    listed = ", ".join(names)
+    if recipe.tokenizer_source not in (None, "base", "union", *names):
+        problems.add(
+            ("tokenizer_source",),
+            f"expected 'base', 'union' or one of the recipe's models ({listed}), "
+            f"got {recipe.tokenizer_source!r}",
+        )
+    if recipe.tokenizer is not None:
+        _check_tokenizer(recipe.tokenizer, names, problems)
+
+
+def _check_tokenizer(settings: TokenizerSettings, names: list[str], problems: Problems) -> None:
+    listed = ", ".join(names)
+    if settings.source not in ("base", "union", *names):
+        problems.add(
+            ("tokenizer", "source"),
+            f"expected 'union', 'base' or one of the recipe's models ({listed}), "
+            f"got {settings.source!r}",
+        )
+    if settings.pad_to_multiple_of is not None and settings.pad_to_multiple_of <= 0:
+        problems.add(
+            ("tokenizer", "pad_to_multiple_of"),
+            f"expected a positive integer, got {settings.pad_to_multiple_of}",
+        )
+    for token, token_settings in (settings.tokens or {}).items():
+        path = ("tokenizer", "tokens", token, "source")
+        source = token_settings.source
+        if token_settings.force and source is None:
+            problems.add(path, "force needs a source to force")
+        if isinstance(source, str) and source not in names:
+            problems.add(path, f"expected one of the recipe's models ({listed}), got {source!r}")
+        if isinstance(source, ModelTokenEmbedding):
+            if source.model not in names:
+                problems.add(
+                    (*path, "model"),
+                    f"expected one of the recipe's models ({listed}), got {source.model!r}",
+                )
+            if (source.token is None) == (source.token_id is None):
+                problems.add(path, "model_token needs exactly one of token and token_id")
+            if source.token_id is not None and source.token_id < 0:
+                problems.add((*path, "token_id"), f"expected >= 0, got {source.token_id}")

@@ -138,6 +138,8 @@ class TensorTask:
     base_index: int | None
     parameters: dict[str, Any]
     model_parameters: tuple[dict[str, Any], ...]
+    base_model: str | None = None
+    """The slice's base model, even for methods that ignore it (vocabulary alignment uses it)."""
 
     @property
     def component(self) -> str:
@@ -393,6 +395,7 @@ def _plan_tensor(
         base_index=base_index,
         parameters=parameters,
         model_parameters=tuple(model_parameters),
+        base_model=output_slice.base_model,
     )
 
 
@@ -404,8 +407,8 @@ def _shape_message(name, first: SourceTensor, first_shape, other: SourceTensor, 
     ):
         return (
             f"vocabulary sizes differ: {name!r} is {list(first_shape)} in {first.model!r} and "
-            f"{list(other_shape)} in {other.model!r}; merging parents with different "
-            "vocabularies needs vocabulary alignment, not yet available"
+            f"{list(other_shape)} in {other.model!r}; add `tokenizer: {{source: union}}` "
+            "(or `{source: base}`) to the recipe to align the vocabularies"
         )
     return (
         f"shape mismatch for tensor {name!r}: {list(first_shape)} in {first.model!r}, "

@@ -240,7 +240,12 @@ def _build_cases(root: Path, base: Path, other: Path) -> dict[str, Case]:
     cases["vocabulary_mismatch"] = Case(
         slerp_recipe(where / "recipe.yaml", base, grown),
         MergeError,
-        ("vocabulary", f"[{vocabulary}, {hidden}]", f"[{vocabulary + 8}, {hidden}]", str(grown)),
+        (
+            "vocabularies differ",
+            f"{base}: {vocabulary}",
+            f"{grown}: {vocabulary + 8}",
+            "`tokenizer: {source: union}`",
+        ),
     )
 
     # Recipes that do not validate: each message names file:line and the key.

@@ -23,8 +23,9 @@ def test_all_shipped_recipes_are_found():
         "definemed_qwen.yaml",
         "task_arithmetic_medical.yaml",
         "tiny_example.yaml",
+        "union_vocab_example.yaml",
     } <= names
-    assert len(RECIPES) == 5
+    assert len(RECIPES) == 6
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -107,8 +108,12 @@ tokenizer_source: base
             "t applies to the whole merge",
         ),
         (
-            "merge_method: linear\nmodels:\n  - model: a\ntokenizer_source: union\n",
-            "'union' needs vocabulary alignment",
+            "merge_method: linear\nmodels:\n  - model: a\ntokenizer_source: b\n",
+            "recipe:4: tokenizer_source: expected 'base', 'union' or one of the recipe's models",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: a\ntokenizer:\n  pad_to_multiple_of: -8\n",
+            "recipe:5: tokenizer.pad_to_multiple_of: expected a positive integer, got -8",
         ),
     ],
 )
