@@ -5,16 +5,18 @@ Each run is its own process, one after the other:
 * ``cpt, mergemed``: ``train_cpt`` on the general + medical text mixed 9:1 in tokens, packed
   by mergemed (best-fit decreasing) into 256-token sequences;
 * ``cpt, plain trl``: trl's ``SFTTrainer`` on the same documents as plain text with trl's own
-  packing (``packing=True``, best-fit decreasing), same sequence length, batch and schedule.
-  trl 1.16 packs into padding-free rows, meant for flash-attention; on a CPU (sdpa) a step
-  takes minutes, so only one step is timed;
+  packing (``packing=True``, best-fit decreasing, padding-free rows), same sequence length,
+  batch and schedule;
 * ``sft, mergemed``: ``train_sft`` on PubMedQA records rendered with the chat template,
   completion-only loss, LoRA r=8;
 * ``sft, plain trl``: trl's ``SFTTrainer`` on the same conversations in trl's
   prompt/completion format, same LoRA, ``completion_only_loss=True``.
 
 Throughput is the tokens trained divided by the trainer's own ``train_runtime`` (set-up not
-counted): packed sequences x length for CPT, trl's ``num_tokens`` for SFT. Target: mergemed
+counted): packed sequences x length for CPT, trl's ``num_tokens`` for SFT. Both run in
+float32 without gradient checkpointing (trl's own defaults turn both bf16, which on a CPU
+means autocast and a ~6x slower GEMM, and checkpointing on).
+Target: mergemed
 ≥ 0.95× plain trl. Also prints the padding waste of mergemed's packing. Appends to
 ``benchmarks/RESULTS.md``. The model is SmolLM2-135M-Instruct (see ``eval_speed.py``), float32.
 
@@ -38,8 +40,6 @@ MEDICAL = REPO_ROOT / "mergemed" / "evaluations" / "data" / "pubmedqa" / "train.
 SEQUENCE = 256
 BATCH = 4
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
-TRL_PACKED_STEPS = 1
-"""Steps timed for trl's own packing (padding-free rows: minutes a step on a CPU)."""
 
 
 def _settings(steps: int) -> dict:
@@ -123,22 +123,25 @@ def run_trl(kind: str, model: str, output: str, steps: int) -> dict:
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        # trl's SFTConfig turns bf16 and gradient checkpointing on by default; on a CPU bf16
+        # means autocast and torch's reference GEMM, about 6x slower. mergemed trains in
+        # float32 without checkpointing here, so trl must too.
+        bf16=False,
+        gradient_checkpointing=False,
     )
     if kind == "cpt":
         documents = read_documents(Source("general", GENERAL)) + read_documents(
             Source("medical", MEDICAL, text_field="contexts")
         )
         dataset = Dataset.from_dict({"text": documents})
-        # trl 1.16 always packs into padding-free rows (one [1, batch x length] row with
-        # cu_seq_lens; padding_free=False and packing_strategy="wrapped" change nothing),
-        # which without flash-attention costs minutes a step on a CPU: one step is timed.
-        common["max_steps"] = TRL_PACKED_STEPS
+        # trl 1.16 packs into padding-free rows (one [1, batch x length] row with
+        # cu_seq_lens), the same tokens per step as mergemed's [batch, length] batches.
         args = SFTConfig(**common, packing=True, max_length=SEQUENCE)
         trainer = SFTTrainer(
             model=network, args=args, train_dataset=dataset, processing_class=tokenizer
         )
         result = trainer.train()
-        tokens = TRL_PACKED_STEPS * BATCH * SEQUENCE
+        tokens = steps * BATCH * SEQUENCE
         return {"tokens": tokens, "seconds": result.metrics["train_runtime"]}
     records = pubmedqa_sft_records(MEDICAL)
     dataset = Dataset.from_list([{"prompt": r[:-1], "completion": [r[-1]]} for r in records])

@@ -47,6 +47,21 @@ def main() -> None:
         sys.exit(130)
 
 
+def _byte_progress(label: str, quiet: bool) -> Progress:
+    """A transient progress bar counting bytes, with the current tensor's name."""
+    return Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[tensor]}", style="dim"),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+
+
 @app.command()
 def merge(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (mergekit YAML works as is).")],
@@ -66,17 +81,7 @@ def merge(
     from mergemed.checkpoint import human_bytes
     from mergemed.engine import merge as run_merge
 
-    with Progress(
-        TextColumn("[bold]merging[/]"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[tensor]}", style="dim"),
-        console=console,
-        disable=quiet,
-        transient=True,
-    ) as bar:
+    with _byte_progress("merging", quiet) as bar:
         task = bar.add_task("merge", total=None, tensor="")
 
         def on_start(total: int, done: int) -> None:
@@ -104,6 +109,15 @@ def merge(
         f"{result.shards} shard(s)) in {result.seconds:.1f} s{resumed} -> "
         f"[bold]{escape(str(result.output))}[/]"
     )
+    vocabulary = result.report.get("vocabulary", {})
+    if vocabulary.get("aligned"):
+        added = sum(entry["count"] for entry in vocabulary["added"].values())
+        console.print(
+            f"vocabulary: {escape(vocabulary['source'])}, {vocabulary['tokens']} tokens "
+            f"({added} added), {vocabulary['rows']} rows; filled rows per parent in merge.json"
+        )
+    template = result.report["sources"].get("chat_template")
+    console.print(f"chat template: {escape(template) if template else 'none (no parent has one)'}")
 
 
 @app.command()
@@ -310,6 +324,52 @@ def _format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+@app.command("inspect")
+def inspect_command(
+    model_a: Annotated[str, typer.Argument(help="First model: a folder or a Hub id.")],
+    model_b: Annotated[str, typer.Argument(help="Second model; change is |A-B| / |B|.")],
+    base: Annotated[
+        str | None,
+        typer.Option(help="Common ancestor C: adds the angle between task vectors A-C, B-C."),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every number (per tensor too) here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a layers x components heatmap (PNG) here.")
+    ] = None,
+    metric: Annotated[
+        str, typer.Option(help="Table cells: change (|A-B|/|B|), cosine, angle (needs --base).")
+    ] = "change",
+    top: Annotated[int, typer.Option(help="How many most-changed cells to list.")] = 5,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow .bin/.pt weights (unpickling can run code).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Compare MODEL_A with MODEL_B per layer and component before merging them."""
+    from mergemed.inspect import check_table_metric, inspect_models, render_report, summary_line
+
+    table_metric = check_table_metric(metric, with_base=base is not None)
+    with _byte_progress("reading", quiet) as bar:
+        task = bar.add_task("inspect", total=None, tensor="")
+        report = inspect_models(
+            model_a,
+            model_b,
+            base=base,
+            json_path=json_path,
+            plot_path=plot,
+            allow_pickle=allow_pickle,
+            on_start=lambda total: bar.update(task, total=total),
+            progress=lambda read, tensor: bar.update(task, advance=read, tensor=tensor),
+        )
+    for renderable in render_report(report, table_metric, top):
+        stdout.print(renderable)
+    written = [str(path) for path in (json_path, plot) if path is not None]
+    where = f" -> [bold]{escape(', '.join(written))}[/]" if written else ""
+    console.print(f"[green]{escape(summary_line(report))}[/]{where}")
 
 
 @app.command()

@@ -148,6 +148,7 @@ def merge(
         raise MergeError(f"--max-shard-size: expected a positive size, got {max_shard_size!r}")
 
     search_dirs = [recipe_path.parent.absolute()] if recipe_path else []
+    recipe = find_trained_base(recipe, search_dirs)
     checkpoints = _open_models(recipe, search_dirs, allow_pickle)
     try:
         alignment = _prepare_vocabulary(recipe, checkpoints)
@@ -162,7 +163,7 @@ def merge(
         completed = _prepare_partial(partial, fingerprint)
         try:
             _check_free_space(partial, shards, completed)
-            with _compute_threads():
+            with compute_threads():
                 stats = _run(
                     plan=plan,
                     recipe=recipe,
@@ -264,6 +265,7 @@ def merge_to_memory(
         recipe = load_recipe(recipe_path)
     compute_device = _check_device(device)
     search_dirs = [recipe_path.parent.absolute()] if recipe_path else []
+    recipe = find_trained_base(recipe, search_dirs)
     checkpoints = _open_models(recipe, search_dirs, allow_pickle)
     holder = tempfile.TemporaryDirectory(prefix="mergemed-in-memory-")
     try:
@@ -275,7 +277,7 @@ def merge_to_memory(
         )
         sink = _MemorySink()
         folder = Path(holder.name)
-        with _compute_threads():
+        with compute_threads():
             _run(
                 plan=plan,
                 recipe=recipe,
@@ -353,6 +355,51 @@ def _check_device(device: str) -> torch.device:
     if parsed.type not in ("cpu", "cuda"):
         raise MergeError(f"--device {device}: expected cpu or cuda[:index]")
     return parsed
+
+
+def find_trained_base(recipe: Recipe, search_dirs: list[Path]) -> Recipe:
+    """A task-vector recipe without ``base_model`` gets the base its models were trained from.
+
+    Models made by ``mergemed train`` record their base in ``training.json``; when every one
+    that has such a record names the same base, that base is used (its local folder when it
+    still exists, else its reference). Other recipes are returned unchanged.
+
+    Raises:
+        MergeError: the method needs a base and none can be found, or the records disagree.
+    """
+    method = recipe.method
+    slices_with_base = recipe.slices and all(s.base_model for s in recipe.slices)
+    if recipe.base_model or method.base_model != "required" or slices_with_base:
+        return recipe
+    found: dict[str, list[str]] = {}
+    for reference in recipe.model_references():
+        try:
+            folder = resolve_model_folder(reference, search_dirs=search_dirs)
+        except MergemedError:
+            continue
+        record = folder / "training.json"
+        if not record.is_file():
+            continue
+        try:
+            training = json.loads(record.read_text())
+        except ValueError:
+            raise MergeError(f"{record}: not valid JSON") from None
+        local = training.get("base_model_folder")
+        base = local if local and Path(local).is_dir() else training.get("base_model")
+        if base:
+            found.setdefault(str(base), []).append(reference)
+    if not found:
+        raise MergeError(
+            f"{method.name} needs a base_model: set base_model in the recipe (none of its "
+            "models has a training.json from `mergemed train` naming its base)"
+        )
+    if len(found) > 1:
+        listed = "; ".join(f"{base} ({', '.join(refs)})" for base, refs in found.items())
+        raise MergeError(
+            f"{method.name} needs one base_model, but the models were trained from different "
+            f"bases: {listed}; set base_model in the recipe"
+        )
+    return recipe.model_copy(update={"base_model": next(iter(found))})
 
 
 def _open_models(recipe: Recipe, search_dirs, allow_pickle) -> dict[str, Checkpoint]:
@@ -478,7 +525,7 @@ def _write_journal(partial: Path, fingerprint: str, completed: dict[str, int]) -
 
 
 @contextlib.contextmanager
-def _compute_threads() -> Iterator[None]:
+def compute_threads() -> Iterator[None]:
     """Leave a core to the reader and writer threads while the merge runs.
 
     torch's OpenMP workers spin-wait at every barrier; competing with the I/O threads for the

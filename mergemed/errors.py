@@ -45,3 +45,7 @@ class MergeError(MergemedError):
 
 class OutputError(MergemedError):
     """The output location cannot be written (exists, disk full, not writable)."""
+
+
+class InspectError(MergemedError):
+    """Two models that ``mergemed inspect`` cannot compare: names both and what differs."""

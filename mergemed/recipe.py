@@ -304,7 +304,7 @@ def _check_semantics(recipe: Recipe, problems: Problems) -> None:
                 continue
             _check_value(method, name, setting, (*path, name), problems)
 
-    if method.base_model == "required" and not recipe.base_model:
+    if method.base_model == "required" and not recipe.base_model and not method.task_vectors:
         if not all(s.base_model for s in recipe.slices or []) or recipe.models:
             problems.add(("base_model",), f"{method.name} needs a base_model")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,3 +51,19 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def kill_when_written(marker: Path, *args: Any, timeout: float = 300) -> None:
+    """Run ``mergemed ARGS`` and SIGKILL it as soon as ``marker`` exists (a checkpoint's last
+    file), as a crash would; it is also killed if it ends or ``timeout`` passes first."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mergemed", *(str(a) for a in args)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -128,6 +128,9 @@ class MergeMethod:
         max_models: most input models, or None.
         streaming: optional kernel for slice-by-slice execution.
         stochastic: whether the method draws random numbers (needs a seed).
+        task_vectors: the base is the origin of task vectors (not one of the merged ends), so a
+            recipe may leave it out for models ``mergemed train`` made: their base is read
+            from their ``training.json``.
         description: one line.
     """
 
@@ -139,6 +142,7 @@ class MergeMethod:
     max_models: int | None = None
     streaming: StreamingKernel | None = None
     stochastic: bool = False
+    task_vectors: bool = False
     description: str = ""
     parameter_index: dict[str, Parameter] = field(init=False, repr=False, compare=False)
 

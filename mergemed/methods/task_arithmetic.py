@@ -224,6 +224,7 @@ for _variant in _VARIANTS:
             min_models=2,
             streaming=_elementwise(_variant),
             stochastic=_variant.sparsification == "random",
+            task_vectors=True,
             description=_variant.description,
         )
     )

@@ -146,11 +146,10 @@ def training_arguments(
     training = config.training
     cuda = torch.cuda.is_available()
     dtype = _dtype(config.model.dtype)
-    optional: dict[str, Any] = {}
-    if config.model.gradient_checkpointing:
-        optional["gradient_checkpointing"] = True
+    # Always explicit: trl's SFTConfig turns checkpointing on by default, which on these
+    # settings costs a quarter of the step time for memory nobody asked to save.
     return arguments_class(
-        **optional,
+        activation_checkpointing=config.model.gradient_checkpointing,
         **extra,
         output_dir=str(work / "checkpoints"),
         max_steps=training.max_steps,

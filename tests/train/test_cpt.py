@@ -5,16 +5,11 @@ held-out medical loss falls, a killed run resumes to the same losses, and the ou
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from helpers import load_model_tensors, run_cli
+from helpers import kill_when_written, load_model_tensors, run_cli
 
 from mergemed.engine import merge
 from mergemed.errors import MergemedError
@@ -98,19 +93,7 @@ def test_killed_run_resumes_to_the_same_losses(tiny_eval_models, tmp_path: Path)
     output = tmp_path / "killed"
     config_path.write_text(cpt_config(base, output, max_steps=20))
     checkpoint = tmp_path / ".killed.mergemed-training" / "checkpoints" / "checkpoint-10"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mergemed", "train", "cpt", str(config_path), "-q"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (checkpoint / "trainer_state.json").exists() and time.time() < deadline:
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when_written(checkpoint / "trainer_state.json", "train", "cpt", config_path, "-q")
     assert checkpoint.is_dir() and not output.exists(), "killed after its first checkpoint"
 
     resumed = train_cpt(config_path, progress=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import kill_when_written, load_model_tensors
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -64,6 +65,15 @@ def test_prompt_tokens_carry_no_loss_in_a_training_batch(tiny_eval_models, tmp_p
         answer = tokenizer.decode(labels[learned])
         assert answer.split(".", 1)[0] in ("yes", "no", "maybe"), answer
         assert bool((labels[learned] == input_ids[learned]).all())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_follows_the_config(tiny_eval_models, tmp_path, checkpointing):
+    """trl's SFTConfig turns checkpointing on by default; mergemed's config decides."""
+    config = load_train_config(sft_config(tiny_eval_models[0], tmp_path / "o"), "sft")
+    config.model.gradient_checkpointing = checkpointing
+    run = prepare_sft(config, progress=False)
+    assert run.trainer.args.gradient_checkpointing is checkpointing
 
 
 class _NoiseProbe(TrainerCallback):
@@ -173,3 +183,54 @@ def test_train_merge_evaluate_end_to_end(tiny_eval_models, tmp_path) -> None:
     assert [m.role for m in report.models] == ["merged", "clinical", "instruct"]
     assert report.trade_off.domain_gain is not None
     assert all(0 <= m.score("mm_pubmedqa").value <= 1 for m in report.models)
+
+    # Task arithmetic finds the base both were trained from in their training.json.
+    models = (
+        f"models:\n  - {{model: {clinical}, parameters: {{weight: 0.6}}}}\n"
+        f"  - {{model: {instruct}, parameters: {{weight: 0.4}}}}\n"
+    )
+    implicit = tmp_path / "implicit.yaml"
+    implicit.write_text("merge_method: task_arithmetic\n" + models)
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\n" + models)
+    found = merge(implicit, tmp_path / "implicit").output
+    given = merge(explicit, tmp_path / "explicit").output
+    found_tensors, given_tensors = load_model_tensors(found), load_model_tensors(given)
+    assert all(torch.equal(found_tensors[n], given_tensors[n]) for n in given_tensors)
+    assert f"base_model: {base}" in (found / "recipe.yaml").read_text()
+
+
+def test_task_arithmetic_without_a_recorded_base_says_so(tiny_eval_models, tmp_path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"merge_method: ties\nmodels:\n  - {{model: {clinical}, parameters: {{weight: 1}}}}\n"
+        f"  - {{model: {instruct}, parameters: {{weight: 1}}}}\n"
+    )
+    with pytest.raises(MergemedError, match="ties needs a base_model: set base_model"):
+        merge(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_killed_sft_run_resumes_to_the_same_losses(tiny_eval_models, tmp_path) -> None:
+    """SIGKILL after the first checkpoint, run again: same final loss and weights (LoRA)."""
+    base = tiny_eval_models[0]
+    settings = {"max_steps": 8, "save_steps": 4, "eval_steps": 4, "logging_steps": 1}
+    whole = train_sft(
+        load_train_config(sft_config(base, tmp_path / "whole", **settings), "sft"),
+        progress=False,
+    )
+    config_path = tmp_path / "killed.yaml"
+    output = tmp_path / "killed"
+    config_path.write_text(sft_config(base, output, **settings))
+    checkpoint = tmp_path / ".killed.mergemed-training" / "checkpoints" / "checkpoint-4"
+    kill_when_written(checkpoint / "trainer_state.json", "train", "sft", config_path, "-q")
+    assert checkpoint.is_dir() and not output.exists(), "killed after its first checkpoint"
+
+    resumed = train_sft(config_path, progress=False)
+    assert resumed.report["resumed_from"].endswith("checkpoint-4")
+    first = dict(whole.report["loss_curves"]["train"])
+    second = dict(resumed.report["loss_curves"]["train"])
+    assert second[8] == pytest.approx(first[8], abs=1e-4)
+    one, two = load_model_tensors(tmp_path / "whole"), load_model_tensors(output)
+    assert max(float((one[n] - two[n]).abs().max()) for n in one) < 1e-4
