@@ -303,6 +303,7 @@ def test_numbers_match_torch_on_whole_tensors(
     assert_close(report.overall(), reference_metrics(*every))
 
     whole = inspect_models(models.first, models.second, base=models.parent)
+    # Not a mock: a smaller block size, so the blocked float64 summation path is exercised.
     monkeypatch.setattr(mergemed.inspect, "COMPUTE_BLOCK_ELEMENTS", 97)
     blocks = inspect_models(
         models.first, models.second, base=models.parent, chunk_elements=SMALL_CHUNK
@@ -325,6 +326,7 @@ def test_each_tensor_is_read_once_in_bounded_slices(
         reads.append((self.folder, name, start, values.numel()))
         return values
 
+    # A spy, not a mock: the real read runs and its arguments are recorded.
     monkeypatch.setattr(Checkpoint, "read", recording_read)
     report = inspect_models(
         models.first, models.second, base=models.parent, chunk_elements=SMALL_CHUNK
