@@ -5,11 +5,11 @@ held-out medical loss falls, a killed run resumes to the same losses, and the ou
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 from helpers import kill_when_written, load_model_tensors, run_cli
+from train_configs import MEDICAL, cpt_config
 
 from mergemed.engine import merge
 from mergemed.errors import MergemedError
@@ -17,36 +17,6 @@ from mergemed.train.config import load_train_config
 from mergemed.train.cpt import train_cpt
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-GENERAL = REPO / "mergemed" / "data" / "devils_dictionary.txt"
-MEDICAL = REPO / "mergemed" / "evaluations" / "data" / "pubmedqa" / "train.jsonl"
-
-
-def cpt_config(model: Path, output: Path, **training: object) -> str:
-    settings = {
-        "max_steps": 30,
-        "micro_batch_size": 4,
-        "learning_rate": 1.0e-3,
-        "eval_steps": 10,
-        "save_steps": 10,
-        "logging_steps": 5,
-        **training,
-    }
-    return textwrap.dedent(
-        f"""\
-        kind: cpt
-        model: {{path: {model}}}
-        data:
-          sources:
-            - {{name: general, path: {GENERAL}, weight: 9}}
-            - {{name: medical, path: {MEDICAL}, text_field: contexts, weight: 1}}
-          sequence_length: 256
-          held_out_fraction: 0.05
-        training: {json.dumps(settings)}
-        output: {{dir: {output}}}
-        """
-    )
 
 
 def logged(report: dict, curve: str) -> dict[int, float]:

@@ -4,14 +4,11 @@ the pipeline train -> merge -> evaluate end to end."""
 
 from __future__ import annotations
 
-import json
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import kill_when_written, load_model_tensors
 from safetensors.torch import load_file
+from train_configs import cpt_config, sft_config
 from transformers import TrainerCallback
 
 from mergemed.engine import merge
@@ -22,32 +19,6 @@ from mergemed.train.cpt import train_cpt
 from mergemed.train.sft import prepare_sft, train_sft
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-PUBMEDQA = REPO / "mergemed" / "evaluations" / "data" / "pubmedqa" / "train.jsonl"
-GENERAL = REPO / "mergemed" / "data" / "devils_dictionary.txt"
-
-
-def sft_config(model: Path, output: Path, lora: str = "{r: 8, alpha: 16}", **training) -> str:
-    settings = {
-        "max_steps": 6,
-        "micro_batch_size": 2,
-        "learning_rate": 1.0e-3,
-        "eval_steps": 3,
-        "save_steps": 3,
-        "logging_steps": 3,
-        **training,
-    }
-    return textwrap.dedent(
-        f"""\
-        kind: sft
-        model: {{path: {model}}}
-        data: {{path: {PUBMEDQA}, format: pubmedqa, sequence_length: 4096, held_out_fraction: 0.02}}
-        training: {json.dumps(settings)}
-        lora: {lora}
-        output: {{dir: {output}}}
-        """
-    )
 
 
 def test_prompt_tokens_carry_no_loss_in_a_training_batch(tiny_eval_models, tmp_path) -> None:
@@ -145,26 +116,10 @@ def test_bad_lora_targets_and_qlora_without_gpu_are_one_line(tiny_eval_models, t
 def test_train_merge_evaluate_end_to_end(tiny_eval_models, tmp_path) -> None:
     base = tiny_eval_models[0]
     clinical = tmp_path / "clinical"
-    train_cpt(
-        load_train_config(
-            textwrap.dedent(
-                f"""\
-                kind: cpt
-                model: {{path: {base}}}
-                data:
-                  sources:
-                    - {{name: general, path: {GENERAL}, weight: 9}}
-                    - {{name: medical, path: {PUBMEDQA}, text_field: contexts, weight: 1}}
-                  sequence_length: 256
-                  held_out_fraction: 0
-                training: {{max_steps: 4, micro_batch_size: 2, save_steps: 10}}
-                output: {{dir: {clinical}}}
-                """
-            ),
-            "cpt",
-        ),
-        progress=False,
+    cpt = cpt_config(
+        base, clinical, held_out_fraction=0, max_steps=4, micro_batch_size=2, save_steps=10
     )
+    train_cpt(load_train_config(cpt, "cpt"), progress=False)
     instruct = tmp_path / "instruct"
     train_sft(load_train_config(sft_config(base, instruct, max_steps=4), "sft"), progress=False)
     recipe = tmp_path / "merge.yaml"
