@@ -40,10 +40,10 @@ def run_cli(
     preexec_fn: Callable[[], None] | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``mergemed ARGS`` (``python -m mergemed.cli`` unless ``command`` is given) as a real
+    """Run ``mergemed ARGS`` (``python -m mergemed`` unless ``command`` is given) as a real
     subprocess and capture its output."""
     return subprocess.run(
-        [*(command or (sys.executable, "-m", "mergemed.cli")), *(str(a) for a in args)],
+        [*(command or (sys.executable, "-m", "mergemed")), *(str(a) for a in args)],
         capture_output=True,
         text=True,
         env=cli_env(env),

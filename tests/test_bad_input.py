@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from mergemed.engine import merge
 from mergemed.errors import CheckpointError, MergeError, MergemedError, OutputError, RecipeError
 
-CLI = (sys.executable, "-m", "mergemed.cli")
+CLI = (sys.executable, "-m", "mergemed")
 KEEP = "keep.txt"
 """A file put in an output folder that already exists: it must survive a refused merge."""
 
