@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -490,20 +489,31 @@ def test_cli_reports_bad_input_in_one_line(
 
 
 def test_failed_merge_stops_promptly_and_leaves_no_threads(cases: dict[str, Case]) -> None:
-    """A merge that fails half-way (NaN at the first tensor) stops its reader and writer."""
+    """A merge that fails half-way (NaN at the first tensor) stops its reader and writer: no
+    output byte is written after the failing tensor, and no mergemed thread outlives the call.
+    (How long that takes is a benchmark question, not a test: a loaded machine is slower.)"""
     case = cases["nan_or_inf"]
     before = set(threading.enumerate())
-    started = time.monotonic()
-    with pytest.raises(MergeError, match="NaN or Inf"):
-        merge(case.recipe, case.folder / "prompt-merged")
-    elapsed = time.monotonic() - started
+    written: list[str] = []
+    totals: list[int] = []
+    with pytest.raises(MergeError, match="NaN or Inf") as raised:
+        merge(
+            case.recipe,
+            case.folder / "prompt-merged",
+            progress=lambda count, tensor: written.append(tensor),
+            on_start=lambda total, done: totals.append(total),
+        )
     still_running = [
         t.name
         for t in set(threading.enumerate()) - before
         if t.is_alive() and t.name.startswith("mergemed")
     ]
     assert still_running == []
-    assert elapsed < 5, f"the failed merge took {elapsed:.1f} s to report its error"
+    assert totals and totals[0] > 0
+    # Every tensor of this recipe is NaN (weights summing to 0), so the first one computed
+    # fails: nothing at all may have been written.
+    assert "tensor '" in str(raised.value)
+    assert written == [], f"{len(written)} slices were written after the failure"
     check_nothing_left(case.folder / "prompt-merged")
 
 
