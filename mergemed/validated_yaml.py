@@ -20,17 +20,125 @@ from mergemed.errors import MergemedError
 
 Model = TypeVar("Model", bound=BaseModel)
 
+MAX_EXPANDED_NODES = 50_000
+"""How many YAML nodes a document may expand to once its aliases are followed. A recipe of a
+few hundred slices is far below it; nine nested anchors ("billion laughs") expand to 10^9."""
+
+
+class _AnchorNamingLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, keeping the name of every anchor for messages."""
+
+    anchor_names: dict[int, str]
+
+    def compose_document(self) -> yaml.Node:
+        # PyYAML's compose_document, except that the anchors are kept by node before they are
+        # dropped, so that an alias problem can name its anchor.
+        self.get_event()
+        node = self.compose_node(None, None)
+        self.get_event()
+        self.anchor_names = {id(n): anchor for anchor, n in self.anchors.items()}
+        self.anchors = {}
+        return node
+
+
+def decode_utf8(raw: bytes, name: str, error: type[MergemedError]) -> str:
+    """``raw`` as UTF-8 text, or ``error`` naming the file and the offset of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as problem:
+        byte = raw[problem.start]
+        raise error(
+            f"{name}: not UTF-8 text: byte 0x{byte:02x} at offset {problem.start}"
+        ) from None
+
+
+def _check_graph(
+    node: yaml.Node, names: dict[int, str], source: str, error: type[MergemedError]
+) -> None:
+    """Refuse recursive aliases, aliases that expand past the budget, and duplicate keys."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def anchor_of(item: yaml.Node) -> str:
+        return names.get(id(item), "?")
+
+    def size(item: yaml.Node) -> int:
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            line = item.start_mark.line + 1
+            raise error(f"{source}:{line}: anchor &{anchor_of(item)} refers to itself")
+        on_path.add(key)
+        total = 1
+        if isinstance(item, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in item.value:
+                if (
+                    isinstance(key_node, yaml.ScalarNode)
+                    and key_node.tag != "tag:yaml.org,2002:merge"
+                ):
+                    line = key_node.start_mark.line + 1
+                    if key_node.value in seen:
+                        raise error(
+                            f"{source}:{line}: duplicate key {key_node.value!r} (first on line "
+                            f"{seen[key_node.value]}); each key may appear once"
+                        )
+                    seen[key_node.value] = line
+                total += size(key_node) + size(value_node)
+        elif isinstance(item, yaml.SequenceNode):
+            total += sum(size(child) for child in item.value)
+        on_path.discard(key)
+        if total > MAX_EXPANDED_NODES:
+            culprit = item if key in names else None
+            where = f"anchor &{anchor_of(culprit)}" if culprit is not None else "this document"
+            raise error(
+                f"{source}:{item.start_mark.line + 1}: {where} expands to more than "
+                f"{MAX_EXPANDED_NODES:,} YAML nodes once its aliases are followed; refusing it"
+            )
+        sizes[key] = total
+        return total
+
+    size(node)
+
+
+def parse_yaml(text: str, name: str, error: type[MergemedError]) -> tuple[Any, yaml.Node | None]:
+    """Parse one YAML document safely: the data and its node tree (for line numbers).
+
+    Beyond PyYAML's ``safe_load``: a duplicate key, a recursive alias, or aliases that expand
+    past :data:`MAX_EXPANDED_NODES` nodes are refused with ``error`` naming the line (and the
+    anchor), before anything is built from them.
+    """
+    loader = _AnchorNamingLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_graph(node, loader.anchor_names, name, error)
+        return loader.construct_document(node), node
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark else name
+        reason = getattr(problem, "problem", None) or str(problem).splitlines()[0]
+        raise error(f"{where}: not valid YAML: {reason}") from None
+    finally:
+        loader.dispose()
+
 
 class Located:
     """Maps key paths of a YAML document to line numbers."""
 
     def __init__(self, node: yaml.Node | None):
         self.lines: dict[tuple[Any, ...], int] = {}
+        self._walked: set[int] = set()
         if node is not None:
             self._walk(node, ())
 
     def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
         self.lines.setdefault(path, node.start_mark.line + 1)  # a key's own line wins
+        if id(node) in self._walked:
+            return  # an alias: its keys were located where the anchor stands
+        self._walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = key_node.value
@@ -144,17 +252,14 @@ def load_validated(
             name = str(path)
             if not path.is_file():
                 raise error(f"{path}: {what} file not found")
-            text = path.read_text(encoding="utf-8")
+            try:
+                raw = path.read_bytes()
+            except OSError as problem:
+                raise error(f"{path}: cannot read the {what}: {problem.strerror}") from None
+            text = decode_utf8(raw, name, error)
         else:
             text = str(source)
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as problem:
-            mark = getattr(problem, "problem_mark", None)
-            where = f"{name}:{mark.line + 1}" if mark else name
-            reason = getattr(problem, "problem", None) or str(problem).splitlines()[0]
-            raise error(f"{where}: not valid YAML: {reason}") from None
+        data, node = parse_yaml(text, name, error)
         located = Located(node)
     if not isinstance(data, dict):
         raise error(f"{name}: expected a mapping of {what} keys, got {type(data).__name__}")
