@@ -1,6 +1,6 @@
-"""The ``mergemed`` command line: :mod:`.app` builds the typer app and turns errors into one
-line; each verb lives in a module of its own; :mod:`.render` holds the rich output."""
+"""The ``mergemed`` command line: :mod:`.app` builds the typer app and turns every failure into
+one line; each verb lives in a module of its own; :mod:`.render` holds the rich output."""
 
-from mergemed.cli.app import app, main
+from mergemed.cli.app import main
 
-__all__ = ["app", "main"]
+__all__ = ["main"]

@@ -1,0 +1,112 @@
+"""The command line's contract: every failure is one line on stderr with a known exit status,
+and no secret from the environment is ever printed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mergemed.cli import app as cli_app
+from mergemed.cli import methods as methods_verb
+
+FAKE_TOKEN = "hf_FAKEfakeFAKEfakeFAKEfake1234"
+
+
+def run(*args: str, env_token: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ)
+    if env_token:
+        env["HF_TOKEN"] = FAKE_TOKEN
+    return subprocess.run(
+        [sys.executable, "-m", "mergemed", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("merge",), "Missing argument 'recipe'"),
+        (("evaluate", "x", "--limit", "abc"), "Invalid value for '--limit'"),
+        (("inspect", "a", "b", "--top", "x"), "Invalid value for '--top'"),
+        (("merge", "r.yaml", "-o", "out", "--no-such-flag"), "No such option"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: tuple[str, ...], fragment: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert "--help" in lines[0]
+
+
+def test_help_and_version_of_a_verb_exit_0() -> None:
+    result = run("merge", "--help")
+    assert result.returncode == 0
+    assert "--output" in result.stdout
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mergemed", "demo", "--workdir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait until the demo is past its imports and working, then interrupt it.
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "demo").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == ("interrupted: run the same command again to resume")
+    assert "Traceback" not in stderr
+
+
+def test_internal_error_is_one_line_and_redacted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug (any exception that is not a MergemedError) ends with exit 1 and one line; the
+    traceback only with MERGEMED_DEBUG=1, and the token from the environment never shows."""
+
+    def broken() -> None:
+        raise RuntimeError(f"request failed: Authorization: Bearer {FAKE_TOKEN}")
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    # The registered command is looked up through the module at call time: a seam, not a mock.
+    original = methods_verb.methods
+    for registered in cli_app.app.registered_commands:
+        if registered.callback is original:
+            monkeypatch.setattr(registered, "callback", broken)
+            monkeypatch.setattr(registered, "name", "methods")
+    for debug in ("", "1"):
+        monkeypatch.setenv("MERGEMED_DEBUG", debug)
+        with pytest.raises(SystemExit) as exited:
+            cli_app.main(["methods"])
+        assert exited.value.code == 1
+        stderr = capsys.readouterr().err
+        assert FAKE_TOKEN not in stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("error: internal error: RuntimeError: request failed")
+        assert last.endswith("(set MERGEMED_DEBUG=1 for the traceback)")
+        assert ("Traceback" in stderr) == bool(debug)
+
+
+def test_bad_input_error_never_prints_the_token(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {FAKE_TOKEN}\n")
+    result = run("merge", str(recipe), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert FAKE_TOKEN not in result.stderr + result.stdout
