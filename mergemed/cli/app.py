@@ -68,7 +68,7 @@ def main(args: list[str] | None = None) -> None:
     except click_exceptions.ClickException as error:
         print_error(one_line(error.format_message()))
         sys.exit(error.exit_code)
-    except (KeyboardInterrupt, click_exceptions.Abort, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         status = INTERRUPTED
     except Exception as error:  # a bug: say so in one line; the traceback on request
         if os.environ.get("MERGEMED_DEBUG"):
