@@ -31,6 +31,9 @@ ScalarOrGradient = Union[Scalar, list[Scalar]]
 
 DType = Literal["float32", "float16", "bfloat16", "float64"]
 
+MAX_LAYER_INDEX = 100_000
+"""No model has this many layers: a larger index in a ``layer_range`` is a typo."""
+
 
 class Rule(BaseModel):
     """A conditional value: applies to tensors whose name contains ``filter``."""
@@ -312,7 +315,15 @@ def _check_semantics(recipe: Recipe, problems: Problems) -> None:
         lengths = {s.layer_range[1] - s.layer_range[0] for s in output_slice.sources}
         for source_index, source in enumerate(output_slice.sources):
             start, end = source.layer_range
-            if start < 0 or end <= start:
+            if end > MAX_LAYER_INDEX:
+                problems.add(
+                    ("slices", index, "sources", source_index, "layer_range"),
+                    f"expected layer indices below {MAX_LAYER_INDEX:,}, got [{start}, {end}]"
+                    if len(str(end)) < 20
+                    else f"expected layer indices below {MAX_LAYER_INDEX:,}, got a "
+                    f"{len(str(end))}-digit number",
+                )
+            elif start < 0 or end <= start:
                 problems.add(
                     ("slices", index, "sources", source_index, "layer_range"),
                     f"expected [start, end) with 0 <= start < end, got [{start}, {end}]",

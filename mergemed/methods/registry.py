@@ -20,6 +20,16 @@ from mergemed.errors import RecipeError
 REQUIRED: Any = object()
 """Sentinel default of a parameter that has no default."""
 
+MAX_MAGNITUDE = 1e6
+"""Largest absolute value any numeric parameter may take. Weights and scales in real recipes
+are a few units at most; beyond this a value is a typo, and near float32's range (3.4e38) it
+turns a merge into Inf silently or mid-way, so it is refused before any model is opened."""
+
+
+def _shown(value: int | float) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -65,6 +75,11 @@ class Parameter:
             return f"expected {self.expectation()}, got {value!r}"
         if value != value:  # NaN
             return f"expected {self.expectation()}, got NaN"
+        if abs(value) > MAX_MAGNITUDE:  # also Inf, and integers too large for a float
+            return (
+                f"expected {self.expectation()} no larger than {MAX_MAGNITUDE:g} in magnitude, "
+                f"got {_shown(value)}"
+            )
         if (self.minimum is not None and value < self.minimum) or (
             self.maximum is not None and value > self.maximum
         ):
