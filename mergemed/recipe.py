@@ -335,6 +335,27 @@ def _check_semantics(recipe: Recipe, problems: Problems) -> None:
                 f"got {sorted(lengths)}",
             )
 
+    first_listed: dict[str, int] = {}
+    for index, entry in enumerate(recipe.models or []):
+        if entry.model in first_listed:
+            problems.add(
+                ("models", index, "model"),
+                f"{entry.model!r} is listed twice (also models[{first_listed[entry.model]}]); "
+                "give each model once, with its weight",
+            )
+        first_listed.setdefault(entry.model, index)
+    for index, output_slice in enumerate(recipe.slices or []):
+        sources: dict[tuple[str, tuple[int, int]], int] = {}
+        for source_index, source in enumerate(output_slice.sources):
+            key = (source.model, tuple(source.layer_range))
+            if key in sources:
+                problems.add(
+                    ("slices", index, "sources", source_index),
+                    f"{source.model!r} layers {list(source.layer_range)} are listed twice in "
+                    f"this slice (also sources[{sources[key]}])",
+                )
+            sources.setdefault(key, source_index)
+
     count = len(recipe.models) if recipe.models else None
     if count is not None:
         if recipe.base_model and recipe.base_model not in [m.model for m in recipe.models or []]:

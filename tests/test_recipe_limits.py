@@ -68,3 +68,31 @@ def test_absurd_layer_ranges_are_refused(tmp_path: Path, end: int) -> None:
     message = str(raised.value)
     assert f"{recipe}:5: slices[0].sources[0].layer_range: expected layer indices below" in message
     assert len(message) < 200
+
+
+def test_a_model_listed_twice_is_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n"
+        "  - model: b\n    parameters: {weight: 1}\n  - model: a\n    parameters: {weight: 2}\n"
+    )
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(recipe)
+    assert str(raised.value) == (
+        f"{recipe}:7: models[2].model: 'a' is listed twice (also models[0]); "
+        "give each model once, with its weight"
+    )
+
+
+def test_same_source_twice_in_a_slice_is_refused_other_ranges_are_not(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    body = (
+        "merge_method: linear\nslices:\n  - sources:\n"
+        "      - {{model: a, layer_range: [0, 2], parameters: {{weight: 1}}}}\n"
+        "      - {{model: a, layer_range: [{start}, {end}], parameters: {{weight: 1}}}}\n"
+    )
+    recipe.write_text(body.format(start=2, end=4))
+    assert len(load_recipe(recipe).slices[0].sources) == 2
+    recipe.write_text(body.format(start=0, end=2))
+    with pytest.raises(RecipeError, match=r"'a' layers \[0, 2\] are listed twice"):
+        load_recipe(recipe)
