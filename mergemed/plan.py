@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mergemed.checkpoint import Checkpoint, resolve_model_folder
-from mergemed.errors import CheckpointError, RecipeError
+from mergemed.errors import CheckpointError, OutputError, RecipeError
 from mergemed.recipe import Recipe, load_recipe
 from mergemed.schedule import (
     COMPONENTS,
@@ -177,6 +177,12 @@ def plot_plan(summary: PlanSummary, path: str | Path) -> Path:
     figure.suptitle(f"{title}: per-layer schedule ({summary.recipe.merge_method})")
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"no folder {path.parent}")
+        figure.savefig(path, dpi=110)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write the plot: {error.strerror or error}") from None
+    finally:
+        plt.close(figure)
     return path
