@@ -20,9 +20,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)
 """Progress, summaries and errors (stderr)."""
-stdout = Console()
+stdout = Console(emoji=False)
 """Results a user may pipe on: tables, JSON, YAML (stdout)."""
 
 

@@ -110,3 +110,12 @@ def test_bad_input_error_never_prints_the_token(tmp_path: Path) -> None:
     result = run("merge", str(recipe), "-o", str(tmp_path / "out"))
     assert result.returncode == 2
     assert FAKE_TOKEN not in result.stderr + result.stdout
+
+
+def test_user_text_is_printed_as_written(tmp_path: Path) -> None:
+    """Rich would turn ``:abc:`` into an emoji and ``[b]`` into bold: user text stays text."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n")
+    result = run("merge", str(recipe), "-o", str(tmp_path / "out"), "--device", "cuda:abc")
+    assert result.returncode == 2
+    assert "cuda:abc" in result.stderr
