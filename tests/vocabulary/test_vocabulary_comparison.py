@@ -16,7 +16,7 @@ from mergemed.checkpoint import Checkpoint
 from mergemed.engine import merge
 from mergemed.errors import MergeError, MergemedError
 from mergemed.recipe import load_recipe
-from mergemed.synthetic import make_random_model
+from mergemed.testing import make_random_model
 from mergemed.vocabulary import (
     check_hidden_sizes,
     compare_vocabularies,

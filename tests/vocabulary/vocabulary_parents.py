@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken
 
-from mergemed.synthetic import build_tokenizer, make_random_model
+from mergemed.testing import build_tokenizer, make_random_model
 from mergemed.vocabulary import is_vocabulary_tensor
 
 PARENTS = {
