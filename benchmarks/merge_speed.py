@@ -58,7 +58,7 @@ def ensure_model(folder: Path, **options: object) -> tuple[Path, float]:
     The model is built under a ``.partial`` name and renamed when complete, so a folder that
     exists is a finished model. Returns the folder and the seconds spent making it (0 if reused).
     """
-    from mergemed.synthetic import make_random_model
+    from mergemed.testing import make_random_model
 
     if folder.is_dir():
         return folder, 0.0
@@ -619,7 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO_ROOT))
-    from mergemed.synthetic import ARCHITECTURES, parse_byte_size
+    from mergemed.checkpoint import parse_byte_size
+    from mergemed.testing import ARCHITECTURES
 
     shard_bytes = parse_byte_size(args.max_shard_size)
     num_layers = ARCHITECTURES[args.preset].num_hidden_layers

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergemed.inspect import inspect_models, plot_heatmap
-from mergemed.synthetic import build_tokenizer, make_random_model
+from mergemed.testing import build_tokenizer, make_random_model
 
 LAYERS = 8
 PICTURE = Path(__file__).resolve().parent / "inspect_example.png"

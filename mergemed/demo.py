@@ -29,7 +29,7 @@ def run_demo(workdir: str | Path = "mergemed-demo", console: Console | None = No
     Returns:
         A short summary: where the merge is, its size and time, and a generated sample.
     """
-    from mergemed.synthetic import build_tokenizer, make_random_model
+    from mergemed.testing import build_tokenizer, make_random_model
 
     console = console or Console(stderr=True)
     started = time.time()

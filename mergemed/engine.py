@@ -1035,7 +1035,7 @@ def _report(
         "inputs": inputs,
         "sources": sources,
         "vocabulary": (
-            alignment.summary()
+            alignment.to_report()
             if alignment is not None
             else {"aligned": False, "note": "the parents' vocabularies are identical"}
         ),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mergemed.synthetic import build_tokenizer, make_random_model
+from mergemed.testing import build_tokenizer, make_random_model
 
 TINY_PRESETS = ("llama", "qwen2", "mistral")
 """The tiny architectures every merge method should be tested on."""

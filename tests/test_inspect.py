@@ -34,7 +34,7 @@ from mergemed.inspect import (
     render_report,
     tensor_component,
 )
-from mergemed.synthetic import make_random_model
+from mergemed.testing import make_random_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MLP_COLUMNS = ("gate", "up", "down")

@@ -24,7 +24,7 @@ from helpers import cli_env, load_model_tensors
 from safetensors.torch import load_file, save_file
 
 from mergemed.engine import JOURNAL, merge
-from mergemed.synthetic import make_random_model
+from mergemed.testing import make_random_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,17 +1,7 @@
 """Vocabulary alignment: parents whose tokenizers differ, merged like mergekit 0.1.5 does.
 
-The parents are tiny Llama-shaped models built here, whose tokenizers (made with the
-``tokenizers`` library) differ by added tokens:
-
-- ``a``: the shared 512-token tokenizer, 512 rows;
-- ``b``: + ``myocardial``, ``<clin_x>`` and the special ``<|clin|>``, rows padded to 520;
-- ``c``: + ``<clin_x>``, ``cardio`` and the special ``<|sep|>``, 515 rows;
-- ``d``: + two tokens past its 512 rows (a tokenizer longer than the embedding);
-- ``e``: a 530-token BPE (18 more merges, as when a clinical model extends its vocabulary)
-  + the special ``<|note|>``.
-
-mergekit numbers the tokens a union adds differently from run to run, so rows are compared
-token by token.
+The parents (``a`` to ``e``) are described in :mod:`vocabulary_parents`. mergekit numbers the
+tokens a union adds differently from run to run, so rows are compared token by token.
 """
 
 from __future__ import annotations
@@ -19,106 +9,30 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from helpers import load_model_tensors, run_cli
-from safetensors.torch import load_file, save_file
-from tokenizers import AddedToken
+from helpers import load_model_tensors
+from vocabulary_parents import merge_recipe
 
+from mergemed.checkpoint import Checkpoint
 from mergemed.engine import merge, merge_to_memory
 from mergemed.errors import MergemedError, RecipeError
 from mergemed.recipe import load_recipe
-from mergemed.synthetic import build_tokenizer, make_random_model
-from mergemed.vocabulary import is_vocabulary_tensor
+from mergemed.vocabulary import (
+    VocabularyAlignment,
+    build_output_vocabulary,
+    is_vocabulary_tensor,
+    read_vocabularies,
+    tokenizer_settings,
+)
 
 mergekit_config = pytest.importorskip("mergekit.config")
 mergekit_merge = pytest.importorskip("mergekit.merge")
 mergekit_options = pytest.importorskip("mergekit.options")
 
 TOLERANCE = 1e-6
-
-PARENTS = {
-    "a": {"ordinary": [], "special": [], "rows": None},
-    "b": {"ordinary": ["myocardial", "<clin_x>"], "special": ["<|clin|>"], "rows": 520},
-    "c": {"ordinary": ["<clin_x>", "cardio"], "special": ["<|sep|>"], "rows": None},
-    "d": {"ordinary": ["unused_1", "unused_2"], "special": [], "rows": 512},
-    "e": {"ordinary": [], "special": ["<|note|>"], "rows": None, "bpe_size": 530},
-}
-
-
-def _resize_vocabulary(folder: Path, rows: int, seed: int) -> None:
-    """Cut or pad (with random rows) the vocabulary tensors and config to ``rows``."""
-    generator = torch.Generator().manual_seed(seed)
-    for path in folder.glob("*.safetensors"):
-        tensors = load_file(path)
-        for name, tensor in tensors.items():
-            if is_vocabulary_tensor(name):
-                if tensor.shape[0] >= rows:
-                    tensors[name] = tensor[:rows].contiguous()
-                else:
-                    extra = torch.randn(
-                        rows - tensor.shape[0], tensor.shape[1], generator=generator
-                    )
-                    tensors[name] = torch.cat([tensor, 0.02 * extra.to(tensor.dtype)])
-        save_file(tensors, path, metadata={"format": "pt"})
-    config = json.loads((folder / "config.json").read_text())
-    config["vocab_size"] = rows
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-
-
-@pytest.fixture(scope="module")
-def parents(tmp_path_factory, tiny_tokenizer_dir) -> dict[str, Path]:
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("vocabulary-parents")
-    folders = {}
-    for seed, (name, spec) in enumerate(PARENTS.items()):
-        source = tiny_tokenizer_dir
-        if "bpe_size" in spec:
-            source = build_tokenizer(root / f"bpe-{name}", vocab_size=spec["bpe_size"])
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if spec["ordinary"]:
-            tokenizer.add_tokens(spec["ordinary"])
-        if spec["special"]:
-            tokenizer.add_tokens(
-                [AddedToken(t, special=True) for t in spec["special"]], special_tokens=True
-            )
-        tokenizer_dir = root / f"tokenizer-{name}"
-        tokenizer.save_pretrained(tokenizer_dir)
-        folder = make_random_model(root / name, "llama", seed=seed, tokenizer_dir=tokenizer_dir)
-        if spec["rows"]:
-            _resize_vocabulary(folder, spec["rows"], seed)
-        folders[name] = folder
-    return folders
-
-
-def _recipe(
-    parents, method: str, tokenizer: dict | None, base: str = "a", members: str | None = None
-) -> dict:
-    if members is None:
-        members = {"linear": "abc", "task_arithmetic": "abc", "slerp": "ab", "ties": "abc"}[method]
-    if base not in members:
-        members = base + members[1:]
-    weights = {"a": 0.5, "b": 0.3, "c": 0.2, "d": 0.5, "e": 0.2}
-    recipe: dict = {"merge_method": method, "base_model": str(parents[base]), "dtype": "float32"}
-    if method == "slerp":
-        recipe["models"] = [{"model": str(parents[m])} for m in members]
-        recipe["parameters"] = {"t": [0.2, 0.8]}
-    else:
-        recipe["models"] = [
-            {"model": str(parents[m]), "parameters": {"weight": weights[m]}}
-            for m in members
-            if not (method in ("task_arithmetic", "ties") and m == base)
-        ]
-        if method in ("task_arithmetic", "ties"):
-            recipe["models"].append({"model": str(parents[base])})
-    if tokenizer is not None:
-        recipe["tokenizer"] = tokenizer
-    return recipe
 
 
 def _mergekit(recipe: dict, output: Path) -> None:
@@ -230,7 +144,9 @@ def _tokenizer_section(parents, spec) -> dict:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_mergekit_token_by_token(case, parents, tmp_path):
     method, spec, base, *members = CASES[case]
-    recipe = _recipe(parents, method, _tokenizer_section(parents, spec), base, *(members or [None]))
+    recipe = merge_recipe(
+        parents, method, _tokenizer_section(parents, spec), base, *(members or [None])
+    )
     if method == "ties":
         recipe["parameters"] = {"density": 0.7}
     _mergekit(recipe, tmp_path / "mergekit")
@@ -243,7 +159,7 @@ def test_matches_mergekit_token_by_token(case, parents, tmp_path):
 
 
 def test_union_numbering_is_documented_and_stable(parents, tmp_path):
-    recipe = _recipe(parents, "linear", {"source": "union"}, members="abe")
+    recipe = merge_recipe(parents, "linear", {"source": "union"}, members="abe")
     first = merge(load_recipe(recipe), tmp_path / "first")
     second = merge(load_recipe(recipe), tmp_path / "second")
     assert (first.output / "tokenizer.json").read_bytes() == (
@@ -266,7 +182,7 @@ def test_union_numbering_is_documented_and_stable(parents, tmp_path):
 def test_merged_model_loads_and_tokenizes_the_new_tokens(parents, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    recipe = _recipe(parents, "linear", {"source": "union", "pad_to_multiple_of": 8})
+    recipe = merge_recipe(parents, "linear", {"source": "union", "pad_to_multiple_of": 8})
     result = merge(load_recipe(recipe), tmp_path / "out")
     tokenizer = AutoTokenizer.from_pretrained(result.output)
     model = AutoModelForCausalLM.from_pretrained(result.output)
@@ -281,7 +197,7 @@ def test_report_lists_each_parents_filled_tokens(parents, tmp_path):
     tokens = _overrides(parents, new_tokens=True)
     # No source: mergekit's rules apply (mergekit 0.1.5 itself raises NotImplementedError).
     tokens["<|blank|>"] = {}
-    recipe = _recipe(parents, "linear", {"source": "union", "tokens": tokens})
+    recipe = merge_recipe(parents, "linear", {"source": "union", "tokens": tokens})
     report = merge(load_recipe(recipe), tmp_path / "out").report["vocabulary"]
     a, b, c = (str(parents[n]) for n in "abc")
     assert report["added"][b]["tokens"] == ["myocardial", "<clin_x>", "<|clin|>"]
@@ -296,12 +212,41 @@ def test_report_lists_each_parents_filled_tokens(parents, tmp_path):
     assert report["parents"][b][f"other_token_of:{a}"]["tokens"] == ["cardio"]
     assert report["parents"][a][f"copied_from:{c}"]["tokens"] == ["<clin_x>", "<|sep|>"]
     assert report["parents"][a]["zero_filled"]["tokens"] == ["<|blank|>"]
-    plain = merge(load_recipe(_recipe(parents, "linear", {"source": "union"})), tmp_path / "plain")
+    plain = merge(
+        load_recipe(merge_recipe(parents, "linear", {"source": "union"})), tmp_path / "plain"
+    )
     assert plain.report["vocabulary"]["parents"][a]["averaged"]["tokens"] == ["<clin_x>"]
 
 
+def test_alignment_copies_the_rows_only_one_parent_has_and_reports_them(parents):
+    a, b = str(parents["a"]), str(parents["b"])
+    recipe = load_recipe(merge_recipe(parents, "linear", {"source": "union"}, members="ab"))
+    references = recipe.model_references()
+    vocabularies = read_vocabularies({ref: Checkpoint(Path(ref), ref) for ref in references})
+    settings = tokenizer_settings(recipe)
+    output = build_output_vocabulary(settings, a, references, vocabularies)
+    alignment = VocabularyAlignment(settings, output, vocabularies, a)
+    assert not alignment.is_identity([a, b])
+    assert alignment.rows == 515  # b's 512 + 3 tokens; its padding to 520 is not kept
+
+    embeddings = [load_model_tensors(Path(r))["model.embed_tokens.weight"] for r in (a, b)]
+    aligned_a, aligned_b = alignment.align([a, b], a, embeddings)
+    assert torch.equal(aligned_b, embeddings[1][:515])
+    assert torch.equal(aligned_a[:512], embeddings[0])
+    assert torch.equal(aligned_a[512:], embeddings[1][512:515])
+
+    report = alignment.to_report()
+    new = ["myocardial", "<clin_x>", "<|clin|>"]
+    assert report["aligned"] is True and report["tokens"] == 515 and report["padding_rows"] == 0
+    assert report["added"] == {b: {"count": 3, "tokens": new}}
+    assert report["parents"] == {a: {f"copied_from:{b}": {"count": 3, "tokens": new}}, b: {}}
+    assert json.loads(json.dumps(report)) == report
+
+
 def test_in_memory_merge_aligns_like_the_written_one(parents, tmp_path):
-    recipe = load_recipe(_recipe(parents, "linear", {"source": "union", "pad_to_multiple_of": 8}))
+    recipe = load_recipe(
+        merge_recipe(parents, "linear", {"source": "union", "pad_to_multiple_of": 8})
+    )
     written = load_model_tensors(merge(recipe, tmp_path / "out").output)
     held = merge_to_memory(recipe)
     try:
@@ -313,45 +258,8 @@ def test_in_memory_merge_aligns_like_the_written_one(parents, tmp_path):
         held.cleanup()
 
 
-# --------------------------------------------------------------------------------------------
-# The check before merging
-
-
-def test_differing_vocabularies_stop_with_the_lines_that_fix_it(parents, tmp_path):
-    recipe = _recipe(parents, "linear", None)
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe))
-    completed = run_cli("merge", recipe_path, "-o", tmp_path / "out")
-    assert completed.returncode == 2
-    message = completed.stderr.strip()
-    assert len(message.splitlines()) == 1, message
-    assert "vocabularies differ" in message and "'myocardial'" in message
-    assert "520" in message  # the padded parent's row count
-    assert not (tmp_path / "out").exists()
-    assert not list(tmp_path.glob(".out*"))
-
-    suggested = re.findall(r"`(tokenizer: \{source: \w+\})`", message)
-    assert suggested == ["tokenizer: {source: union}", "tokenizer: {source: base}"]
-    for index, line in enumerate(suggested):
-        fixed = tmp_path / f"fixed{index}.yaml"
-        fixed.write_text(recipe_path.read_text() + line + "\n")
-        completed = run_cli("merge", fixed, "-o", tmp_path / f"out{index}")
-        assert completed.returncode == 0, completed.stderr
-        assert (tmp_path / f"out{index}" / "model.safetensors").is_file()
-
-
-def test_identical_vocabularies_merge_without_a_tokenizer_section(parents, tmp_path):
-    recipe = _recipe(parents, "slerp", None)
-    recipe["models"] = [{"model": str(parents["a"])}, {"model": str(parents["a"])}]
-    result = merge(load_recipe(recipe), tmp_path / "out")
-    assert result.report["vocabulary"]["aligned"] is False
-    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (
-        parents["a"] / "tokenizer.json"
-    ).read_bytes()
-
-
 def test_legacy_tokenizer_source_union_aligns(parents, tmp_path):
-    recipe = _recipe(parents, "linear", None)
+    recipe = merge_recipe(parents, "linear", None)
     recipe["tokenizer_source"] = "union"
     result = merge(load_recipe(recipe), tmp_path / "out")
     assert result.report["vocabulary"]["tokens"] == 517
@@ -409,32 +317,13 @@ def test_token_id_out_of_range_names_the_key(parents, tmp_path):
     tokens = {
         "<|new|>": {"source": {"kind": "model_token", "model": str(parents["b"]), "token_id": 520}}
     }
-    recipe = _recipe(parents, "linear", {"source": "union", "tokens": tokens})
+    recipe = merge_recipe(parents, "linear", {"source": "union", "tokens": tokens})
     with pytest.raises(MergemedError) as error:
         merge(load_recipe(recipe), tmp_path / "out")
     message = str(error.value)
     assert "tokenizer.tokens['<|new|>'].source.token_id: 520 is out of range" in message
     assert "520 embedding rows" in message
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
-
-
-def test_different_hidden_sizes_are_not_called_a_vocabulary_problem(
-    parents, tiny_tokenizer_dir, tmp_path
-):
-    wide = make_random_model(
-        tmp_path / "wide", "llama-eval", seed=3, tokenizer_dir=tiny_tokenizer_dir
-    )
-    recipe = {
-        "merge_method": "linear",
-        "models": [
-            {"model": str(parents["a"]), "parameters": {"weight": 0.5}},
-            {"model": str(wide), "parameters": {"weight": 0.5}},
-        ],
-        "tokenizer": {"source": "union"},
-    }
-    with pytest.raises(MergemedError, match="hidden sizes differ") as error:
-        merge(load_recipe(recipe), tmp_path / "out")
-    assert "not different vocabularies" in str(error.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,7 +342,7 @@ def test_instruct_parents_template_is_never_dropped(parents, tmp_path):
     config.pop("chat_template", None)
     (clinical / "tokenizer_config.json").write_text(json.dumps(config))
     instruct = str(parents["b"])
-    recipe = _recipe(parents, "slerp", {"source": "union"})
+    recipe = merge_recipe(parents, "slerp", {"source": "union"})
     recipe["base_model"] = str(clinical)
     recipe["models"] = [{"model": str(clinical)}, {"model": instruct}]
     result = merge(load_recipe(recipe), tmp_path / "out")

@@ -12,13 +12,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from mergemed.synthetic import (
-    ARCHITECTURES,
-    build_config,
-    build_tokenizer,
-    make_random_model,
-    parse_byte_size,
-)
+from mergemed.checkpoint import parse_byte_size
+from mergemed.testing import ARCHITECTURES, build_config, build_tokenizer, make_random_model
 
 
 def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
