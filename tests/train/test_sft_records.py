@@ -9,7 +9,14 @@ import json
 import pytest
 from data_files import PUBMEDQA_TRAIN, one_line
 
-from mergemed.train.sft_records import pubmedqa_sft_records, read_sft_records, tokenize_sft
+from mergemed.train.config import TrainConfig, load_train_config
+from mergemed.train.sft import read_records
+from mergemed.train.sft_records import (
+    RECORD_FORMATS,
+    pubmedqa_sft_records,
+    read_sft_records,
+    tokenize_sft,
+)
 from mergemed.train.sources import DataError
 from mergemed.train.tokens import IGNORE_INDEX
 
@@ -127,3 +134,57 @@ def test_bad_sft_records_name_file_and_line(tmp_path, tokenizer):
     broken.chat_template = None
     with pytest.raises(DataError, match="no chat template"):
         tokenize_sft(messages, broken, 64)
+
+
+EXAMPLES = {
+    "messages": {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    },
+    "medical_o1": {"Question": "q", "Complex_CoT": "c", "Response": "a"},
+    "prompt_completion": {"prompt": "q", "completion": "a"},
+}
+
+
+@pytest.mark.parametrize("record_format", sorted(EXAMPLES))
+def test_an_explicit_format_is_enforced(tmp_path, record_format):
+    path = tmp_path / "data.jsonl"
+    same = json.dumps(EXAMPLES[record_format])
+    path.write_text(f"{same}\n{same}\n")
+    records = read_sft_records(path, record_format)
+    assert len(records) == 2 and records[0][0] == {"role": "user", "content": "q"}
+    assert records[0][-1]["content"] in ("a", "c\n\na")
+
+    for other, record in EXAMPLES.items():
+        if other == record_format:
+            continue
+        path.write_text(f"{same}\n\n{json.dumps(record)}\n")  # line 3, after a blank line
+        with pytest.raises(DataError) as error:
+            read_sft_records(path, record_format)
+        assert one_line(error) == (
+            f"{path}:3: expected a {RECORD_FORMATS[record_format]} record "
+            f"(format: {record_format}), got keys {list(record)}"
+        )
+        assert read_sft_records(path)[1][-1]["role"] == "assistant"  # auto reads both
+
+
+def test_the_configured_format_is_the_one_read(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(EXAMPLES["prompt_completion"]) + "\n")
+
+    def configured(record_format: str) -> TrainConfig:
+        return load_train_config(
+            {
+                "model": {"path": "m"},
+                "data": {"path": str(path), "format": record_format},
+                "output": {"dir": str(tmp_path / "out")},
+            },
+            "sft",
+        )
+
+    assert read_records(configured("prompt_completion")) == read_records(configured("auto"))
+    with pytest.raises(DataError) as error:
+        read_records(configured("messages"))
+    assert one_line(error) == (
+        f"{path}:1: expected a 'messages' record (format: messages), "
+        "got keys ['prompt', 'completion']"
+    )
