@@ -111,7 +111,7 @@ def prepare_sft(
     """Read and tokenize the records, load the model and build trl's ``SFTTrainer``.
 
     Args:
-        config: the config, or its YAML file.
+        config: the config, or its YAML file (with ``session``: the session's config).
         progress: show a progress bar while training.
         session: the run's hold on its output (:func:`mergemed.train.session.training_session`,
             as :func:`train_sft` opens it). Without one the working folder is prepared but the
