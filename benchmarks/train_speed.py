@@ -106,7 +106,8 @@ def run_trl(kind: str, model: str, output: str, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from mergemed.train.data import Source, pubmedqa_sft_records, read_documents
+    from mergemed.train.sft_records import pubmedqa_sft_records
+    from mergemed.train.sources import Source, read_documents
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     network = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)

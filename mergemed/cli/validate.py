@@ -1,4 +1,4 @@
-"""``mergemed validate``: check a recipe without touching any model."""
+"""``mergemed validate``: check a recipe or a training config without touching any model."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from rich.markup import escape
 from mergemed.cli.render import console, print_error
 
 
-def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> None:
-    """Check RECIPE without touching any model; print it as mergemed reads it."""
-    from mergemed.errors import RecipeError
-    from mergemed.recipe import load_recipe
+def validate(
+    file: Annotated[Path, typer.Argument(help="Recipe or training config YAML.")],
+) -> None:
+    """Check FILE (a recipe or a training config) without touching any model or data; print
+    it as mergemed reads it, every default spelled out, or every problem, one line each."""
+    from mergemed.validation import validate_file
 
-    try:
-        loaded = load_recipe(recipe)
-    except RecipeError as error:
-        for problem in error.problems or [str(error)]:
+    checked = validate_file(file)
+    if not checked.valid:
+        for problem in checked.problems:
             print_error(problem)
         sys.exit(2)
-    sys.stdout.write(loaded.to_yaml())
-    console.print(f"[green]valid[/]: {escape(str(recipe))}")
+    sys.stdout.write(checked.yaml or "")
+    console.print(f"[green]valid[/] {checked.kind}: {escape(str(file))}", soft_wrap=True)

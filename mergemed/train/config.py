@@ -66,8 +66,9 @@ class DataSection(_Section):
     format: Literal["auto", "messages", "medical_o1", "prompt_completion", "pubmedqa"] = "auto"
     """sft: the record format of ``path``; ``auto`` tells chat ``messages``, medical-o1
     (question, reasoning, answer) and ``prompt``/``completion`` records apart by their keys;
-    ``pubmedqa`` turns PubMedQA records (question + abstract -> decision + long answer) into
-    chats."""
+    ``messages``, ``medical_o1`` or ``prompt_completion``: every record must be of that
+    format (another is an error naming its line); ``pubmedqa`` turns PubMedQA records
+    (question + abstract -> decision + long answer) into chats."""
     sequence_length: int = Field(2048, gt=0)
     """cpt: length of every packed sequence; sft: longest example (longer ones are dropped
     and counted)."""

@@ -1,9 +1,10 @@
 """``mergemed train cpt``: continual pretraining on raw text, mixed by weight and bin-packed.
 
 Built on transformers' ``Trainer``: mergemed prepares the data (token-ratio mixing and
-best-fit-decreasing packing, :mod:`mergemed.train.data`), sets the schedule (linear warm-up
-then cosine), evaluates a held-out loss per source during training, checkpoints into a hidden
-working folder beside the output, and only when training is complete writes the model folder
+best-fit-decreasing packing, :mod:`mergemed.train.mixing` and :mod:`mergemed.train.packing`),
+sets the schedule (linear warm-up then cosine), evaluates a held-out loss per source during
+training, checkpoints into a hidden working folder beside the output
+(:mod:`mergemed.train.session`), and only when training is complete writes the model folder
 (with ``config.yaml`` and ``training.json``) and renames it into place.
 """
 
@@ -12,18 +13,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mergemed.train.common import (
-    TrainResult,
+from mergemed.train.config import TrainConfig, load_train_config
+from mergemed.train.export import TrainResult, write_trained_model
+from mergemed.train.packing import build_cpt_data
+from mergemed.train.report import loss_curves
+from mergemed.train.session import TrainingSession, training_session
+from mergemed.train.sources import Source
+from mergemed.train.trainer_setup import (
     check_sequence_length,
-    finish,
     load_model,
     load_tokenizer,
-    prepare_working_folder,
     training_arguments,
 )
-from mergemed.train.config import TrainConfig, load_train_config
-from mergemed.train.data import Source, build_cpt_data
-from mergemed.train.report import loss_curves
 
 
 def train_cpt(config: TrainConfig | str | Path, *, progress: bool = True) -> TrainResult:
@@ -35,13 +36,21 @@ def train_cpt(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
     Raises:
         MergemedError: bad config, data or model; nothing half-written is left as output.
     """
-    from transformers import Trainer, default_data_collator
-
     started = time.time()
     if not isinstance(config, TrainConfig):
         config = load_train_config(config, "cpt")
-    output = Path(config.output.dir).expanduser().absolute()
-    work, resume_from = prepare_working_folder(config, output)
+    with training_session(config) as session:
+        steps, report = _train(session, progress)
+    return TrainResult(
+        output=session.output, seconds=time.time() - started, steps=steps, report=report
+    )
+
+
+def _train(session: TrainingSession, progress: bool) -> tuple[int, dict]:
+    """Prepare the data, train, and write the model: the steps taken and the report."""
+    from transformers import Trainer, default_data_collator
+
+    config = session.config
     # Data first: a bad source fails in seconds, before the model is loaded.
     tokenizer, base_folder = load_tokenizer(config)
     training = config.training
@@ -68,13 +77,13 @@ def train_cpt(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
     held_out = {name: packed.to_dataset() for name, packed in data.held_out.items()}
     trainer = Trainer(
         model=model,
-        args=training_arguments(config, work, bool(held_out), progress),
+        args=training_arguments(config, session.work, bool(held_out), progress),
         train_dataset=data.train.to_dataset(),
         eval_dataset=held_out or None,
         data_collator=default_data_collator,
     )
     begin = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = trainer.train(resume_from_checkpoint=session.resume_from)
     seconds = time.time() - begin
     steps = int(result.global_step)
     trained_tokens = steps * tokens_per_step
@@ -83,7 +92,7 @@ def train_cpt(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
         "base_model": config.model.path,
         "base_model_folder": base_folder,
         "steps": steps,
-        "resumed_from": resume_from,
+        "resumed_from": session.resume_from,
         "tokens_per_source": data.train.tokens_per_source,
         "repeats_per_source": data.train.repeats_per_source,
         "padding_waste": data.train.padding_waste,
@@ -93,5 +102,5 @@ def train_cpt(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
         "final_train_loss": result.training_loss,
         "loss_curves": loss_curves(trainer.state.log_history),
     }
-    finish(trainer, tokenizer, config, output, work, report)
-    return TrainResult(output=output, seconds=time.time() - started, steps=steps, report=report)
+    write_trained_model(session, trainer.save_model, tokenizer, report)
+    return steps, report

@@ -2,7 +2,7 @@
 
 Built on trl's ``SFTTrainer``: mergemed reads the records (chat ``messages``, medical-o1
 question/reasoning/answer, prompt/completion, or PubMedQA), renders them with the tokenizer's
-chat template and marks the completion tokens (:func:`mergemed.train.data.tokenize_sft`); trl
+chat template and marks the completion tokens (:func:`mergemed.train.sft_records.tokenize_sft`); trl
 trains with its completion-only loss, NEFTune noise (``training.neftune_noise_alpha``) and
 LoRA adapters through peft, which are merged into full weights when the model is written.
 """
@@ -17,33 +17,38 @@ from typing import Any
 
 import torch
 
-from mergemed.train.common import (
-    TrainError,
-    TrainResult,
-    check_sequence_length,
-    finish,
-    load_model,
-    load_tokenizer,
-    prepare_working_folder,
-    training_arguments,
-)
 from mergemed.train.config import TrainConfig, load_train_config
-from mergemed.train.data import (
+from mergemed.train.export import TrainResult, write_trained_model
+from mergemed.train.mixing import split_held_out
+from mergemed.train.report import loss_curves
+from mergemed.train.session import (
+    TrainError,
+    TrainingSession,
+    output_folder,
+    prepare_working_folder,
+    training_session,
+)
+from mergemed.train.sft_records import (
     SFTData,
     pubmedqa_sft_records,
     read_sft_records,
-    split_held_out,
     tokenize_sft,
 )
-from mergemed.train.report import loss_curves
+from mergemed.train.trainer_setup import (
+    check_sequence_length,
+    load_model,
+    load_tokenizer,
+    training_arguments,
+)
 
 
 def read_records(config: TrainConfig) -> list[Any]:
-    """The conversations of ``data.path`` in the config's ``data.format``."""
+    """The conversations of ``data.path`` in the config's ``data.format`` (``auto``: each
+    record's format told by its keys; any other: every record must be of that format)."""
     path = config.data.path or ""
     if config.data.format == "pubmedqa":
         return pubmedqa_sft_records(path)
-    return read_sft_records(path)
+    return read_sft_records(path, config.data.format)
 
 
 def lora_config(config: TrainConfig) -> Any:
@@ -83,31 +88,50 @@ def _check_quantization(config: TrainConfig) -> dict[str, Any]:
 class SFTRun:
     """A prepared SFT run: the trl trainer and what it was built from."""
 
-    config: TrainConfig
+    session: TrainingSession
     trainer: Any
     tokenizer: Any
     train: SFTData
     held_out: SFTData
     records: int
-    output: Path
-    work: Path
-    resume_from: str | None
     base_folder: str
 
+    @property
+    def config(self) -> TrainConfig:
+        """The run's config."""
+        return self.session.config
 
-def prepare_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> SFTRun:
+
+def prepare_sft(
+    config: TrainConfig | str | Path,
+    *,
+    progress: bool = True,
+    session: TrainingSession | None = None,
+) -> SFTRun:
     """Read and tokenize the records, load the model and build trl's ``SFTTrainer``.
+
+    Args:
+        config: the config, or its YAML file (with ``session``: the session's config).
+        progress: show a progress bar while training.
+        session: the run's hold on its output (:func:`mergemed.train.session.training_session`,
+            as :func:`train_sft` opens it). Without one the working folder is prepared but the
+            output is not locked: enough to inspect the trainer, not to train into the output
+            while another run might.
 
     Raises:
         MergemedError: bad config, records, model or LoRA targets.
     """
     from trl import SFTConfig, SFTTrainer
 
-    if not isinstance(config, TrainConfig):
+    if session is not None:
+        config = session.config
+    elif not isinstance(config, TrainConfig):
         config = load_train_config(config, "sft")
-    output = Path(config.output.dir).expanduser().absolute()
     quantization = _check_quantization(config)
-    work, resume_from = prepare_working_folder(config, output)
+    if session is None:
+        output = output_folder(config)
+        session = TrainingSession(config, output, *prepare_working_folder(config, output))
+    work = session.work
     tokenizer, base_folder = load_tokenizer(config)
     records = read_records(config)
     seed = config.training.seed
@@ -147,18 +171,7 @@ def prepare_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> S
                 f"{config.model.path!r}"
             ) from None
         raise
-    return SFTRun(
-        config,
-        trainer,
-        tokenizer,
-        train,
-        held,
-        len(records),
-        output,
-        work,
-        resume_from,
-        base_folder,
-    )
+    return SFTRun(session, trainer, tokenizer, train, held, len(records), base_folder)
 
 
 def _tokens_seen(trainer: Any) -> float:
@@ -179,16 +192,27 @@ def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
             left as output.
     """
     started = time.time()
-    run = prepare_sft(config, progress=progress)
-    config, trainer = run.config, run.trainer
+    if not isinstance(config, TrainConfig):
+        config = load_train_config(config, "sft")
+    with training_session(config) as session:
+        run = prepare_sft(config, progress=progress, session=session)
+        steps, report = _train(run)
+    return TrainResult(
+        output=session.output, seconds=time.time() - started, steps=steps, report=report
+    )
+
+
+def _train(run: SFTRun) -> tuple[int, dict[str, Any]]:
+    """Train, merge LoRA in, and write the model: the steps taken and the report."""
+    config, trainer, session = run.config, run.trainer, run.session
     begin = time.time()
-    result = trainer.train(resume_from_checkpoint=run.resume_from)
+    result = trainer.train(resume_from_checkpoint=session.resume_from)
     seconds = time.time() - begin
     steps = int(result.global_step)
     trained = trainer.model
     adapter_folder = None
     if config.lora is not None:
-        adapter_folder = run.work / "adapter"
+        adapter_folder = session.work / "adapter"
         trained.save_pretrained(str(adapter_folder))  # before merging, which unloads it
         trained = trained.merge_and_unload()
     report = {
@@ -196,7 +220,7 @@ def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
         "base_model": config.model.path,
         "base_model_folder": run.base_folder,
         "steps": steps,
-        "resumed_from": run.resume_from,
+        "resumed_from": session.resume_from,
         "records": run.records,
         "train_examples": len(run.train.examples),
         "held_out_examples": len(run.held_out.examples),
@@ -209,14 +233,5 @@ def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
         "final_train_loss": result.training_loss,
         "loss_curves": loss_curves(trainer.state.log_history),
     }
-    finish(
-        trainer,
-        run.tokenizer,
-        config,
-        run.output,
-        run.work,
-        report,
-        model=trained,
-        adapter_folder=adapter_folder,
-    )
-    return TrainResult(output=run.output, seconds=time.time() - started, steps=steps, report=report)
+    write_trained_model(session, trained.save_pretrained, run.tokenizer, report, adapter_folder)
+    return steps, report

@@ -5,6 +5,7 @@ held-out medical loss falls, a killed run resumes to the same losses, and the ou
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from helpers import kill_when_written, load_model_tensors, run_cli
 from train_configs import MEDICAL, cpt_config
 
 from mergemed.engine import merge
-from mergemed.errors import MergemedError
+from mergemed.errors import MergemedError, OutputError
+from mergemed.outputs import OutputLock
 from mergemed.train.config import load_train_config
 from mergemed.train.cpt import train_cpt
 
@@ -81,12 +83,13 @@ def test_resuming_with_another_config_is_refused(tiny_eval_models, tmp_path: Pat
     base = tiny_eval_models[0]
     output = tmp_path / "out"
     working = tmp_path / ".out.mergemed-training"
-    working.mkdir()
+    (working / "checkpoints" / "checkpoint-10").mkdir(parents=True)
     first = load_train_config(cpt_config(base, output), "cpt")
     (working / "resume_key.json").write_text(json.dumps(first.resume_key()))
     changed = load_train_config(cpt_config(base, output, learning_rate=5e-4), "cpt")
     with pytest.raises(MergemedError, match=r"training\.learning_rate: 0\.001 in the checkpoint"):
         train_cpt(changed, progress=False)
+    assert (working / "checkpoints" / "checkpoint-10").is_dir()  # another config's: kept
 
 
 def test_cli_bad_data_is_one_line(tiny_eval_models, tmp_path: Path) -> None:
@@ -101,6 +104,52 @@ def test_cli_bad_data_is_one_line(tiny_eval_models, tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "missing.jsonl" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+    assert not (tmp_path / ".out.mergemed-training").exists()  # failed before a checkpoint
+
+
+def test_a_failed_run_does_not_block_the_fixed_config(tiny_eval_models, tmp_path) -> None:
+    """A run that fails before its first checkpoint leaves nothing that refuses the next one;
+    a working folder left with only a resume key (as older versions left it) is ignored."""
+    base, output = tiny_eval_models[0], tmp_path / "out"
+    good = cpt_config(base, output, max_steps=2, save_steps=10, eval_steps=10)
+    bad = good.replace(str(MEDICAL), str(tmp_path / "missing.jsonl"))
+    with pytest.raises(MergemedError, match=r"missing\.jsonl: file not found"):
+        train_cpt(load_train_config(bad, "cpt"), progress=False)
+    working = tmp_path / ".out.mergemed-training"
+    assert not working.exists()
+
+    working.mkdir()
+    stale = load_train_config(bad, "cpt").resume_key()
+    (working / "resume_key.json").write_text(json.dumps(stale))
+    result = train_cpt(load_train_config(good, "cpt"), progress=False)
+    assert result.steps == 2 and result.report["resumed_from"] is None
+    assert (output / "model.safetensors").is_file() and not working.exists()
+
+
+def test_the_output_is_locked_and_never_an_input(tiny_eval_models, tmp_path) -> None:
+    base = tiny_eval_models[0]
+    output = tmp_path / "out"
+    config = load_train_config(cpt_config(base, output), "cpt")
+    with OutputLock(output), pytest.raises(OutputError, match="is writing this output now"):
+        train_cpt(config, progress=False)
+    assert not output.exists() and not (tmp_path / ".out.mergemed-training").exists()
+
+    # Copies, so that a failure here destroys nothing shared.
+    model = Path(shutil.copytree(base, tmp_path / "model"))
+    data = tmp_path / "data"
+    data.mkdir()
+    medical = Path(shutil.copy(MEDICAL, data / "medical.jsonl"))
+    before = sorted(p.name for p in model.iterdir())
+
+    def overwriting(output: Path) -> str:
+        text = cpt_config(model, output).replace(str(MEDICAL), str(medical))
+        return text.replace("output: {dir:", "output: {overwrite: true, dir:")
+
+    with pytest.raises(OutputError, match=r"refusing output\.overwrite: the output is the input"):
+        train_cpt(load_train_config(overwriting(model), "cpt"), progress=False)
+    with pytest.raises(OutputError, match="the output contains the input"):
+        train_cpt(load_train_config(overwriting(data), "cpt"), progress=False)
+    assert sorted(p.name for p in model.iterdir()) == before and medical.is_file()
 
 
 def test_sequence_length_above_the_model_maximum_is_refused(tiny_eval_models, tmp_path) -> None:

@@ -1,79 +1,17 @@
-"""What continual pretraining and SFT share: the working folder and resume rules, loading the
-model, the ``TrainingArguments`` a config maps to, and writing the finished model folder."""
+"""Setting a trainer up from a config: the tokenizer and model it names, loaded in its dtype,
+and the transformers ``TrainingArguments`` its ``training`` section maps to. Shared by
+continual pretraining and SFT."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mergemed.errors import MergemedError
 from mergemed.train.config import TrainConfig
-from mergemed.train.report import write_report
-
-
-class TrainError(MergemedError):
-    """Training cannot start or continue (output exists, checkpoint of another config...)."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished training run produced."""
-
-    output: Path
-    seconds: float
-    steps: int
-    report: dict[str, Any]
-
-
-def _working_folder(output: Path) -> Path:
-    return output.parent / f".{output.name}.mergemed-training"
-
-
-def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if old == new else f"{path}: {old!r} in the checkpoint, {new!r} now"
-
-
-def prepare_working_folder(config: TrainConfig, output: Path) -> tuple[Path, str | None]:
-    """The hidden folder holding checkpoints, and the checkpoint to resume from (if any).
-
-    Raises:
-        TrainError: the output exists (without ``output.overwrite``), or the folder holds
-            checkpoints of a different config (naming the first key that differs).
-    """
-    if output.exists() and not config.output.overwrite:
-        raise TrainError(f"{output}: output folder exists; set output.overwrite: true")
-    work = _working_folder(output)
-    key_file = work / "resume_key.json"
-    key = config.resume_key()
-    if key_file.is_file():
-        stored = json.loads(key_file.read_text())
-        difference = _first_difference(stored, key)
-        if difference:
-            raise TrainError(
-                f"{work}: holds checkpoints of another config ({difference}); "
-                "delete that folder to start over"
-            )
-    else:
-        work.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(json.dumps(key, indent=2))
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = work / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    return work, last
+from mergemed.train.session import TrainError
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -122,6 +60,11 @@ def load_model(config: TrainConfig, folder: str, **options: Any) -> Any:
 
 
 def check_sequence_length(config: TrainConfig, model: Any) -> None:
+    """Refuse a ``data.sequence_length`` above the model's maximum positions.
+
+    Raises:
+        TrainError: naming both lengths.
+    """
     limit = getattr(model.config, "max_position_embeddings", None)
     if isinstance(limit, int) and config.data.sequence_length > limit:
         raise TrainError(
@@ -177,34 +120,3 @@ def training_arguments(
         dataloader_num_workers=0,
         use_cpu=not cuda,
     )
-
-
-def finish(
-    trainer: Any,
-    tokenizer: Any,
-    config: TrainConfig,
-    output: Path,
-    work: Path,
-    report: dict,
-    model: Any = None,
-    adapter_folder: Path | None = None,
-) -> None:
-    """Write the trained model (``model`` if given, e.g. LoRA merged into full weights; else
-    the trainer's), the LoRA adapter (``adapter_folder``, as ``adapter/``), its config and
-    report into a partial folder, rename it into place, and remove the working folder."""
-    partial = output.parent / f".{output.name}.mergemed-partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    if model is not None:
-        model.save_pretrained(str(partial))
-    else:
-        trainer.save_model(str(partial))
-    (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says it all
-    if adapter_folder is not None:
-        shutil.copytree(adapter_folder, partial / "adapter")  # the LoRA weights, for reference
-    tokenizer.save_pretrained(str(partial))
-    (partial / "config.yaml").write_text(config.to_yaml())
-    write_report(partial, report)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(partial, output)
-    shutil.rmtree(work, ignore_errors=True)

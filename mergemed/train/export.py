@@ -1,0 +1,76 @@
+"""The last step of a training run: write the trained model folder and put it in place.
+
+The folder is built in a hidden partial folder beside the output (weights, tokenizer,
+``config.yaml`` with every default spelled out, ``training.json`` and ``loss.png``), then
+renamed into place by :func:`mergemed.atomic.replace_folder`, so the output is either the old
+folder or the whole new one; the working folder goes last.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mergemed.atomic import replace_folder
+from mergemed.train.report import write_report
+from mergemed.train.session import OVERWRITE_OPTION, TrainingSession
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    output: Path
+    seconds: float
+    steps: int
+    report: dict[str, Any]
+
+
+def partial_folder(output: Path) -> Path:
+    """Where the trained model is written before it is renamed to ``output``."""
+    return output.parent / f".{output.name}.mergemed-partial"
+
+
+def write_trained_model(
+    session: TrainingSession,
+    save_weights: Callable[[str], Any],
+    tokenizer: Any,
+    report: dict[str, Any],
+    adapter_folder: Path | None = None,
+) -> None:
+    """Write the trained model, its config and report, rename it into place, and remove the
+    working folder.
+
+    Args:
+        session: the run (its config, output and working folder).
+        save_weights: writes the model into the folder it is given: the trainer's
+            ``save_model``, or ``save_pretrained`` of a model (e.g. LoRA merged into full
+            weights).
+        tokenizer: saved beside the weights.
+        report: written as ``training.json`` (with ``loss.png`` from its loss curves).
+        adapter_folder: a LoRA adapter to keep as ``adapter/``, for reference.
+
+    Raises:
+        OutputError: the folder cannot be moved into place (the old output is kept).
+    """
+    output = session.output
+    partial = partial_folder(output)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        save_weights(str(partial))
+        (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says it all
+        if adapter_folder is not None:
+            shutil.copytree(adapter_folder, partial / "adapter")  # the LoRA weights, for reference
+        tokenizer.save_pretrained(str(partial))
+        (partial / "config.yaml").write_text(session.config.to_yaml())
+        write_report(partial, report)
+        replace_folder(
+            partial, output, overwrite=session.config.output.overwrite, option=OVERWRITE_OPTION
+        )
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(session.work, ignore_errors=True)
