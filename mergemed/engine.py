@@ -33,23 +33,19 @@ from typing import Any
 import torch
 
 from mergemed import __version__
-from mergemed.checkpoint import (
-    DTYPE_NAMES,
-    GENERATION_FILES,
-    TOKENIZER_FILES,
-    Checkpoint,
+from mergemed.errors import MergeError, MergemedError, OutputError
+from mergemed.io.architecture import set_layer_count
+from mergemed.io.checkpoint import GENERATION_FILES, TOKENIZER_FILES, Checkpoint
+from mergemed.io.hub import hub_commit, resolve_model_folder
+from mergemed.io.writer import (
+    MemorySink,
     OutputTensor,
     Shard,
     ShardWriter,
-    _output_error,
-    hub_commit,
-    human_bytes,
     layout_shards,
-    parse_byte_size,
-    resolve_model_folder,
+    output_error,
     write_index,
 )
-from mergemed.errors import MergeError, MergemedError, OutputError
 from mergemed.methods.registry import MergeInputs, MergeMethod
 from mergemed.recipe import Recipe, load_recipe
 from mergemed.schedule import (
@@ -59,6 +55,7 @@ from mergemed.schedule import (
     build_plan,
     layout_from_checkpoint,
 )
+from mergemed.units import human_bytes, parse_byte_size
 from mergemed.vocabulary import (
     VocabularyAlignment,
     build_output_vocabulary,
@@ -69,6 +66,14 @@ from mergemed.vocabulary import (
     read_vocabularies,
     tokenizer_settings,
 )
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+"""The recipe's ``dtype``/``out_dtype`` names and their torch dtypes."""
 
 JOURNAL = ".mergemed-journal.json"
 DEFAULT_CHUNK_ELEMENTS = 16 * 1024 * 1024
@@ -185,7 +190,7 @@ def merge(
                     partial, recipe, checkpoints, plan, output_dtype, alignment
                 )
             except OSError as error:
-                raise _output_error(Path(error.filename or partial), error) from None
+                raise output_error(Path(error.filename or partial), error) from None
             report = _report(
                 recipe,
                 checkpoints,
@@ -204,7 +209,7 @@ def merge(
                     _resolved_recipe(recipe, checkpoints, output_dtype)
                 )
             except OSError as error:
-                raise _output_error(Path(error.filename or partial), error) from None
+                raise output_error(Path(error.filename or partial), error) from None
             (partial / JOURNAL).unlink(missing_ok=True)
             _move_into_place(partial, output, overwrite)
         except MergemedError:
@@ -275,7 +280,7 @@ def merge_to_memory(
         shards = layout_shards(
             [OutputTensor(t.name, output_dtype, t.shape) for t in plan.tasks], 1 << 62
         )
-        sink = _MemorySink()
+        sink = MemorySink()
         folder = Path(holder.name)
         with compute_threads():
             _run(
@@ -303,27 +308,6 @@ def merge_to_memory(
         for checkpoint in checkpoints.values():
             checkpoint.close()
     return InMemoryMerge(sink.tensors, folder, recipe, time.time() - started, holder)
-
-
-class _MemorySink:
-    """Stands in for :class:`ShardWriter`: slices land in whole tensors in memory."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-
-    def open(self, shard: Shard) -> None:
-        for tensor in shard.tensors:
-            self.tensors[tensor.name] = torch.empty(tensor.shape, dtype=tensor.dtype)
-
-    def write(self, name: str, element_offset: int, values: torch.Tensor) -> None:
-        flat = self.tensors[name].view(-1)
-        flat[element_offset : element_offset + values.numel()].copy_(values.reshape(-1))
-
-    def close_shard(self, shard: Shard) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,7 +631,7 @@ def _run(
     chunk_elements: int,
     progress: ProgressCallback | None,
     on_start: Callable[[int, int], None] | None,
-    sink: _MemorySink | None = None,
+    sink: MemorySink | None = None,
     alignment: VocabularyAlignment | None = None,
 ) -> _Timings:
     method: MergeMethod = plan.method
@@ -871,9 +855,7 @@ def _write_metadata(
     base = checkpoints[_reference_model(recipe)]
     config = dict(base.config)
     original_layers = base.num_layers
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in config:
-            config[key] = plan.num_layers
+    set_layer_count(config, plan.num_layers)
     if plan.num_layers != original_layers or plan.layer_origins != list(range(plan.num_layers)):
         # Per-layer settings (layer_types, sliding-window flags...) follow their layers.
         for key, value in list(config.items()):

@@ -15,7 +15,7 @@ Nothing here downloads anything. Three kinds of checkpoint can be made:
   correlated the way a fine-tune and its parent are.
 
 The safetensors reader and writer here are deliberately independent of
-:mod:`mergemed.checkpoint`, so that checkpoints made for tests do not share bugs with the code
+:mod:`mergemed.io`, so that checkpoints made for tests do not share bugs with the code
 under test.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from mergemed.checkpoint import parse_byte_size
+from mergemed.units import parse_byte_size
 
 __all__ = [
     "ARCHITECTURES",
@@ -48,7 +48,6 @@ __all__ = [
     "build_config",
     "build_tokenizer",
     "make_random_model",
-    "parse_byte_size",
 ]
 
 DEFAULT_TEXT_PATH = Path(__file__).resolve().parent / "data" / "devils_dictionary.txt"

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from mergemed.checkpoint import TOKENIZER_FILES, Checkpoint
 from mergemed.errors import MergeError
+from mergemed.io.checkpoint import TOKENIZER_FILES, Checkpoint
 from mergemed.recipe import ModelTokenEmbedding, Recipe, TokenizerSettings, ZeroEmbedding
 
 VOCABULARY_SUFFIXES = (
