@@ -619,8 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO_ROOT))
-    from mergemed.checkpoint import parse_byte_size
     from mergemed.testing import ARCHITECTURES
+    from mergemed.units import parse_byte_size
 
     shard_bytes = parse_byte_size(args.max_shard_size)
     num_layers = ARCHITECTURES[args.preset].num_hidden_layers

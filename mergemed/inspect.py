@@ -33,9 +33,12 @@ from typing import Any
 
 import torch
 
-from mergemed.checkpoint import LAYER_PATTERN, Checkpoint, human_bytes, resolve_model_folder
 from mergemed.engine import compute_threads
 from mergemed.errors import CheckpointError, InspectError, OutputError
+from mergemed.io.architecture import CONFIG_ALIASES, LAYER_PATTERN
+from mergemed.io.checkpoint import Checkpoint
+from mergemed.io.hub import resolve_model_folder
+from mergemed.units import human_bytes
 
 DEFAULT_CHUNK_ELEMENTS = 4 * 1024 * 1024
 """Elements of a tensor read at a time (8 MiB of bfloat16 per model)."""
@@ -429,25 +432,6 @@ def _module_path(name: str) -> str:
 # Config
 
 
-_CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
-    "architectures": ("architectures",),
-    "model_type": ("model_type",),
-    "hidden_size": ("hidden_size", "n_embd", "d_model"),
-    "num_hidden_layers": ("num_hidden_layers", "n_layer", "num_layers"),
-    "intermediate_size": ("intermediate_size", "n_inner"),
-    "num_attention_heads": ("num_attention_heads", "n_head"),
-    "num_key_value_heads": ("num_key_value_heads",),
-    "head_dim": ("head_dim",),
-    "vocab_size": ("vocab_size",),
-    "max_position_embeddings": ("max_position_embeddings", "n_positions"),
-    "rope_theta": ("rope_theta",),
-    "rope_scaling": ("rope_scaling",),
-    "rope_parameters": ("rope_parameters",),
-    "sliding_window": ("sliding_window",),
-    "tie_word_embeddings": ("tie_word_embeddings",),
-    "dtype": ("dtype", "torch_dtype"),
-}
-
 _SHAPE_EFFECT = "tensor shapes differ: no plain merge"
 _CONTEXT_EFFECT = (
     "context handling differs: the merged config copies the recipe's base model (or its first "
@@ -487,7 +471,7 @@ _CONFIG_EFFECTS: dict[str, tuple[str, bool]] = {
 
 def config_value(config: dict[str, Any], key: str) -> Any:
     """A config's value for ``key`` (or one of its aliases; ``text_config`` is searched too)."""
-    for alias in _CONFIG_ALIASES.get(key, (key,)):
+    for alias in CONFIG_ALIASES.get(key, (key,)):
         for scope in (config, config.get("text_config") or {}):
             if alias in scope:
                 return scope[alias]

@@ -1,7 +1,8 @@
 """``mergemed plan``: show the per-layer, per-component values a recipe resolves to.
 
-Works from the recipe alone: when its models are present their real tensor names are used;
-otherwise a Llama-style layout with ``num_layers`` layers stands in for them.
+Works from the recipe alone: when its models are present their real tensor names are used (for
+a Hub id only its config and safetensors headers are fetched, never its weights); otherwise a
+Llama-style layout with ``num_layers`` layers stands in for them.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergemed.checkpoint import Checkpoint, resolve_model_folder
 from mergemed.errors import CheckpointError, OutputError, RecipeError
+from mergemed.io.hub import open_model_header
 from mergemed.recipe import Recipe, load_recipe
 from mergemed.schedule import (
     COMPONENTS,
@@ -78,9 +79,11 @@ def plan_recipe(recipe: Recipe | str | Path, num_layers: int | None = None) -> P
     real = True
     for reference in recipe.model_references():
         try:
-            folder = resolve_model_folder(reference, search_dirs=search_dirs)
-            checkpoint = Checkpoint(folder, reference, allow_pickle=False)
-            layouts[reference] = layout_from_checkpoint(checkpoint)
+            checkpoint = open_model_header(reference, search_dirs=search_dirs)
+            try:
+                layouts[reference] = layout_from_checkpoint(checkpoint)
+            finally:
+                checkpoint.close()
         except CheckpointError as error:
             real = False
             count = num_layers or _layers_from_slices(recipe)

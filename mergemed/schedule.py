@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mergemed.checkpoint import LAYER_PATTERN
 from mergemed.errors import CheckpointError, MergeError
+from mergemed.io.architecture import LAYER_PATTERN
 from mergemed.methods.registry import MergeMethod, Parameter
 from mergemed.recipe import Parameters, Recipe, Rule, SliceSource
 
@@ -417,7 +417,7 @@ def _shape_message(name, first: SourceTensor, first_shape, other: SourceTensor, 
 
 
 def layout_from_checkpoint(checkpoint) -> ModelLayout:
-    """A :class:`ModelLayout` from a :class:`mergemed.checkpoint.Checkpoint`."""
+    """A :class:`ModelLayout` from a :class:`mergemed.io.checkpoint.Checkpoint`."""
     num_layers = checkpoint.num_layers
     if num_layers is None:
         raise CheckpointError(f"{checkpoint.folder}: cannot tell its number of layers")

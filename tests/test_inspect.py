@@ -25,7 +25,6 @@ from helpers import load_model_tensors, run_cli
 from safetensors.torch import save_file
 
 import mergemed.inspect
-from mergemed.checkpoint import Checkpoint
 from mergemed.errors import CheckpointError, InspectError, OutputError
 from mergemed.inspect import (
     InspectReport,
@@ -34,6 +33,7 @@ from mergemed.inspect import (
     render_report,
     tensor_component,
 )
+from mergemed.io.checkpoint import Checkpoint
 from mergemed.testing import make_random_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -26,8 +26,8 @@ def merge(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Merge the models of RECIPE into OUTPUT, streaming one tensor at a time."""
-    from mergemed.checkpoint import human_bytes
     from mergemed.engine import merge as run_merge
+    from mergemed.units import human_bytes
 
     with byte_progress("merging", quiet) as bar:
         task = bar.add_task("merge", total=None, tensor="")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mergemed.checkpoint import TOKENIZER_FILES, Checkpoint
+from mergemed.io.checkpoint import TOKENIZER_FILES, Checkpoint
 
 HASH_CHUNK_ELEMENTS = 1 << 24
 """Tensors are read and hashed in slices of this many elements (bounded memory)."""

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from mergemed.checkpoint import parse_byte_size
 from mergemed.testing.architectures import build_config, dtype_from_name, find_architecture
 from mergemed.testing.safetensors_files import (
     TensorSpec,
@@ -37,6 +36,7 @@ from mergemed.testing.safetensors_files import (
     write_safetensors,
 )
 from mergemed.testing.tokenizers import install_tokenizer, write_generation_config
+from mergemed.units import parse_byte_size
 
 INIT_STD = 0.02
 """Standard deviation of streamed random weights (the usual ``initializer_range``)."""

@@ -1,6 +1,6 @@
 """A streaming safetensors reader and writer, for the random-weight checkpoints of the tests.
 
-They are deliberately independent of :mod:`mergemed.checkpoint`, so that checkpoints made for
+They are deliberately independent of :mod:`mergemed.io`, so that checkpoints made for
 tests do not share bugs with the code under test.
 """
 

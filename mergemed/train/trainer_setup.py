@@ -31,7 +31,7 @@ def load_tokenizer(config: TrainConfig) -> tuple[Any, str]:
     """The tokenizer of the model to train, and the resolved folder it came from."""
     from transformers import AutoTokenizer
 
-    from mergemed.checkpoint import resolve_model_folder
+    from mergemed.io.hub import resolve_model_folder
 
     folder = resolve_model_folder(config.model.path)
     try:

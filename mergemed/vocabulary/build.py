@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergemed.checkpoint import TOKENIZER_FILES
 from mergemed.errors import MergeError
+from mergemed.io.checkpoint import TOKENIZER_FILES
 from mergemed.recipe import TokenizerSettings
 from mergemed.vocabulary.compare import ParentVocabulary
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergemed.checkpoint import TOKENIZER_FILES, Checkpoint
 from mergemed.errors import MergeError
+from mergemed.io.checkpoint import TOKENIZER_FILES, Checkpoint
 
 VOCABULARY_SUFFIXES = (
     "embed_tokens.weight",

@@ -12,7 +12,6 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from mergemed.checkpoint import parse_byte_size
 from mergemed.testing import ARCHITECTURES, build_config, build_tokenizer, make_random_model
 
 
@@ -31,22 +30,7 @@ def file_bytes(folder: Path) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------------------------
-# Sizes and tokenizer
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (123, 123),
-        ("500MB", 500_000_000),
-        ("1GB", 1_000_000_000),
-        ("1GiB", 1 << 30),
-        ("20KB", 20_000),
-        ("1.5GB", 1_500_000_000),
-    ],
-)
-def test_parse_byte_size(text: int | str, expected: int) -> None:
-    assert parse_byte_size(text) == expected
+# Tokenizer
 
 
 def test_tokenizer_is_deterministic_and_has_special_tokens(tmp_path: Path) -> None:

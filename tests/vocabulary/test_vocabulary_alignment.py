@@ -16,9 +16,9 @@ import torch
 from helpers import load_model_tensors
 from vocabulary_parents import merge_recipe
 
-from mergemed.checkpoint import Checkpoint
 from mergemed.engine import merge, merge_to_memory
 from mergemed.errors import MergemedError, RecipeError
+from mergemed.io.checkpoint import Checkpoint
 from mergemed.recipe import load_recipe
 from mergemed.vocabulary import (
     VocabularyAlignment,

@@ -12,9 +12,9 @@ import yaml
 from helpers import run_cli
 from vocabulary_parents import merge_recipe
 
-from mergemed.checkpoint import Checkpoint
 from mergemed.engine import merge
 from mergemed.errors import MergeError, MergemedError
+from mergemed.io.checkpoint import Checkpoint
 from mergemed.recipe import load_recipe
 from mergemed.testing import make_random_model
 from mergemed.vocabulary import (

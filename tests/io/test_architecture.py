@@ -1,0 +1,57 @@
+"""Tests of the shipped architecture table and the layer-count helpers built on it."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+from mergemed.io.architecture import (
+    CONFIG_ALIASES,
+    LAYER_COUNT_KEYS,
+    LAYER_PATTERN,
+    config_num_layers,
+    count_layers,
+    set_layer_count,
+)
+
+
+def test_the_table_ships_with_the_package() -> None:
+    table = json.loads(
+        resources.files("mergemed.io").joinpath("_data/architectures.json").read_text()
+    )
+    assert [f["name"] for f in table["families"]] == ["default"]
+    assert CONFIG_ALIASES["num_hidden_layers"] == LAYER_COUNT_KEYS
+    assert CONFIG_ALIASES["hidden_size"] == ("hidden_size", "n_embd", "d_model")
+
+
+def test_only_dot_layers_names_are_layers() -> None:
+    match = LAYER_PATTERN.match("model.layers.12.self_attn.q_proj.weight")
+    assert match is not None
+    assert (match["prefix"], match["index"], match["suffix"]) == (
+        "model.layers.",
+        "12",
+        ".self_attn.q_proj.weight",
+    )
+    assert LAYER_PATTERN.match("transformer.h.3.attn.c_attn.weight") is None
+    assert LAYER_PATTERN.match("model.layers.3") is None
+
+
+def test_layer_count_lookup_order_and_fallback() -> None:
+    assert config_num_layers({"num_hidden_layers": 4, "n_layer": 9}) == 4
+    assert config_num_layers({"text_config": {"n_layer": 6}}) == 6
+    assert config_num_layers({"num_layers": 0, "text_config": {"num_layers": 2}}) == 2
+    assert config_num_layers({"num_hidden_layers": "32"}) is None
+    names = ["model.layers.0.mlp.weight", "model.layers.4.mlp.weight", "lm_head.weight"]
+    assert count_layers({}, names) == 5
+    assert count_layers({"n_layer": 2}, names) == 2
+    assert count_layers({}, ["lm_head.weight"]) is None
+
+
+def test_set_layer_count_rewrites_only_present_keys() -> None:
+    config = {"num_hidden_layers": 32, "n_layer": 32, "text_config": {"num_hidden_layers": 32}}
+    set_layer_count(config, 8)
+    assert config == {
+        "num_hidden_layers": 8,
+        "n_layer": 8,
+        "text_config": {"num_hidden_layers": 32},
+    }
