@@ -24,16 +24,12 @@ import torch
 from helpers import load_model_tensors, run_cli
 from safetensors.torch import save_file
 
-import mergemed.inspect
+import mergemed.compare.stats
 from mergemed.checkpoint import Checkpoint
+from mergemed.cli.inspect_render import check_table_metric, render_report
+from mergemed.compare import InspectReport, inspect_models
+from mergemed.compare.components import tensor_component
 from mergemed.errors import CheckpointError, InspectError, OutputError
-from mergemed.inspect import (
-    InspectReport,
-    check_table_metric,
-    inspect_models,
-    render_report,
-    tensor_component,
-)
 from mergemed.synthetic import make_random_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -304,7 +300,7 @@ def test_numbers_match_torch_on_whole_tensors(
 
     whole = inspect_models(models.first, models.second, base=models.parent)
     # Not a mock: a smaller block size, so the blocked float64 summation path is exercised.
-    monkeypatch.setattr(mergemed.inspect, "COMPUTE_BLOCK_ELEMENTS", 97)
+    monkeypatch.setattr(mergemed.compare.stats, "COMPUTE_BLOCK_ELEMENTS", 97)
     blocks = inspect_models(
         models.first, models.second, base=models.parent, chunk_elements=SMALL_CHUNK
     )
