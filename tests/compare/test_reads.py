@@ -1,263 +1,27 @@
-"""``mergemed inspect``: per-layer, per-component comparison of two checkpoints.
-
-The models are a 4-layer tiny Llama ("parent": the session's 2-layer one with two more layers)
-and copies of it edited on disk: one where only layer 2's MLP moved, two 0.5 perturbations (for
-task vectors), tied copies, one with a larger vocabulary, one with a tensor added, removed and
-reshaped, one with a NaN, one with a layer fewer, and two whose configs name another
-architecture or width. Every number is checked against torch on the whole tensors, in float64.
-The command-line runs are real subprocesses, started together before the other tests.
-"""
+"""Read planning and streaming (:mod:`mergemed.compare.reads`): which tensors pair up, and
+reading each once in bounded slices. Every number is checked against torch on the whole
+tensors, in float64."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import shutil
-import subprocess
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+import threading
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_model_tensors, run_cli
-from safetensors.torch import save_file
+from compare_models import SMALL_CHUNK, Models, assert_close, edited_copy, reference_metrics
+from helpers import load_model_tensors
 
 import mergemed.compare.stats
 from mergemed.checkpoint import Checkpoint
-from mergemed.cli.inspect_render import check_table_metric, render_report
-from mergemed.compare import InspectReport, inspect_models
-from mergemed.compare.components import tensor_component
-from mergemed.errors import CheckpointError, InspectError, OutputError
-from mergemed.synthetic import make_random_model
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MLP_COLUMNS = ("gate", "up", "down")
-SMALL_CHUNK = 1000
-"""Elements per slice in most tests: every weight matrix of the tiny models is cut in slices."""
-
-
-# --------------------------------------------------------------------------------------------
-# Models
-
-
-def edited_copy(
-    source: Path,
-    destination: Path,
-    edit: Callable[[dict[str, torch.Tensor]], None] | None = None,
-    config: dict | None = None,
-) -> Path:
-    """Copy a model folder; ``edit`` changes its tensors in place, ``config`` its config keys."""
-    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("*.safetensors*"))
-    tensors = load_model_tensors(source)
-    if edit is not None:
-        edit(tensors)
-    save_file(tensors, destination / "model.safetensors", metadata={"format": "pt"})
-    if config:
-        path = destination / "config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **config}, indent=2))
-    return destination
-
-
-def change_layer_2_mlp(tensors: dict[str, torch.Tensor]) -> None:
-    generator = torch.Generator().manual_seed(7)
-    for column in MLP_COLUMNS:
-        name = f"model.layers.2.mlp.{column}_proj.weight"
-        noise = torch.randn(tensors[name].shape, generator=generator, dtype=tensors[name].dtype)
-        tensors[name] = tensors[name] + 0.2 * tensors[name].std() * noise
-
-
-def grow_vocabulary(tensors: dict[str, torch.Tensor]) -> None:
-    generator = torch.Generator().manual_seed(8)
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        extra = torch.randn((8, tensors[name].shape[1]), generator=generator) * 0.02
-        tensors[name] = torch.cat([tensors[name], extra.to(tensors[name].dtype)])
-
-
-def add_remove_reshape(tensors: dict[str, torch.Tensor]) -> None:
-    tensors["model.extra.weight"] = torch.ones(4)
-    del tensors["model.norm.weight"]
-    name = "model.layers.1.mlp.gate_proj.weight"
-    tensors[name] = tensors[name][:-1].contiguous()
-
-
-def add_layers_2_and_3(tensors: dict[str, torch.Tensor]) -> None:
-    """Turn a 2-layer model into a 4-layer one: layers 2 and 3 are noisy copies of 0 and 1."""
-    generator = torch.Generator().manual_seed(9)
-    for name in [n for n in tensors if n.startswith(("model.layers.0.", "model.layers.1."))]:
-        layer = int(name.split(".")[2])
-        values = tensors[name]
-        noise = torch.randn(values.shape, generator=generator, dtype=values.dtype)
-        copy = values + 0.5 * values.std().nan_to_num(0.02).clamp(min=0.02) * noise
-        tensors[name.replace(f"layers.{layer}.", f"layers.{layer + 2}.", 1)] = copy
-
-
-def poison_layer_0_q(tensors: dict[str, torch.Tensor]) -> None:
-    tensors["model.layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
-
-
-def drop_layer_3(tensors: dict[str, torch.Tensor]) -> None:
-    for name in [n for n in tensors if n.startswith("model.layers.3.")]:
-        del tensors[name]
-
-
-class Models:
-    """The folders every test here uses (made once per module)."""
-
-    def __init__(self, root: Path, tiny_llama: Path):
-        self.parent = edited_copy(
-            tiny_llama, root / "parent", add_layers_2_and_3, {"num_hidden_layers": 4}
-        )
-        self.layer_2_mlp = edited_copy(self.parent, root / "layer-2-mlp", change_layer_2_mlp)
-        self.first = make_random_model(
-            root / "first", base_dir=self.parent, seed=1, perturbation=0.5
-        )
-        self.second = make_random_model(
-            root / "second", base_dir=self.parent, seed=2, perturbation=0.5
-        )
-        self.tied = edited_copy(
-            self.parent,
-            root / "tied",
-            lambda t: t.pop("lm_head.weight"),
-            config={"tie_word_embeddings": True},
-        )
-        self.tied_with_copy = edited_copy(
-            self.parent, root / "tied-with-copy", config={"tie_word_embeddings": True}
-        )
-        vocabulary = json.loads((self.parent / "config.json").read_text())["vocab_size"]
-        self.bigger_vocabulary = edited_copy(
-            self.first, root / "bigger-vocabulary", grow_vocabulary, {"vocab_size": vocabulary + 8}
-        )
-        self.edited_names = edited_copy(self.parent, root / "edited-names", add_remove_reshape)
-        self.with_nan = edited_copy(self.parent, root / "with-nan", poison_layer_0_q)
-        self.three_layers = edited_copy(
-            self.parent, root / "three-layers", drop_layer_3, {"num_hidden_layers": 3}
-        )
-        self.qwen_config = edited_copy(
-            self.parent,
-            root / "qwen-config",
-            config={"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"},
-        )
-        self.wide_config = edited_copy(
-            self.parent, root / "wide-config", config={"hidden_size": 128}
-        )
-
-
-@pytest.fixture(scope="module")
-def models(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_pair: Callable[[str], tuple[Path, Path]]
-) -> Models:
-    """Made from the session's 2-layer tiny Llama (no model is built from scratch here)."""
-    return Models(tmp_path_factory.mktemp("inspect-models"), tiny_model_pair("llama")[0])
-
-
-# --------------------------------------------------------------------------------------------
-# Command-line runs, started together (each spends most of its time importing torch)
-
-
-class CliRuns:
-    """``mergemed inspect`` on the layer-2 model (with --json, --plot and a base) and on three
-    bad inputs (each also given --json and --plot, which must not be written)."""
-
-    def __init__(self, models: Models, root: Path):
-        self.root = root
-        self.json = root / "report.json"
-        self.png = root / "heatmap.png"
-        self.missing = root / "no-such-model"
-        pool = ThreadPoolExecutor(max_workers=2)
-        layer_2 = ("inspect", models.layer_2_mlp, models.parent, "--base", models.first)
-        layer_2 += ("--json", self.json, "--plot", self.png, "--quiet")
-        self.futures: dict[str, Future[subprocess.CompletedProcess[str]]] = {
-            "layer 2": pool.submit(run_cli, *layer_2)
-        }
-        for case, (first, second) in {
-            "architectures": (models.parent, models.qwen_config),
-            "missing": (models.parent, self.missing),
-            "hidden sizes": (models.parent, models.wide_config),
-        }.items():
-            arguments = ("inspect", first, second, "--json", self.refused_json(case))
-            arguments += ("--plot", self.refused_png(case))
-            self.futures[case] = pool.submit(run_cli, *arguments)
-        pool.shutdown(wait=False)
-
-    def refused_json(self, case: str) -> Path:
-        return self.root / f"{case.replace(' ', '-')}.json"
-
-    def refused_png(self, case: str) -> Path:
-        return self.root / f"{case.replace(' ', '-')}.png"
-
-    def result(self, case: str) -> subprocess.CompletedProcess[str]:
-        return self.futures[case].result(timeout=300)
-
-
-@pytest.fixture(scope="module")
-def cli_runs(models: Models, tmp_path_factory: pytest.TempPathFactory) -> CliRuns:
-    return CliRuns(models, tmp_path_factory.mktemp("inspect-cli"))
-
-
-# --------------------------------------------------------------------------------------------
-# Torch, on whole tensors
-
-
-def reference_metrics(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> dict:
-    a, b = a.double().reshape(-1), b.double().reshape(-1)
-    result = {
-        "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0, eps=0)),
-        "relative_change": float((a - b).norm() / b.norm()),
-    }
-    if c is not None:
-        c = c.double().reshape(-1)
-        task_cosine = float(torch.nn.functional.cosine_similarity(a - c, b - c, dim=0, eps=0))
-        result["task_cosine"] = task_cosine
-        result["task_angle"] = math.degrees(math.acos(task_cosine))
-        result["task_change_a"] = float((a - c).norm() / c.norm())
-        result["task_change_b"] = float((b - c).norm() / c.norm())
-    return result
-
-
-def assert_close(found: dict, expected: dict) -> None:
-    for key, value in expected.items():
-        assert found[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
-
+from mergemed.compare import inspect_models
+from mergemed.errors import CheckpointError
 
 # --------------------------------------------------------------------------------------------
 # Numbers
-
-
-@pytest.mark.usefixtures("cli_runs")  # start the subprocesses now, to overlap with these tests
-def test_only_layer_2_mlp_changed(models: Models, tmp_path: Path) -> None:
-    report = inspect_models(
-        models.layer_2_mlp, models.parent, chunk_elements=SMALL_CHUNK, json_path=tmp_path / "r.json"
-    )
-    assert report.layers == [0, 1, 2, 3]
-    assert report.components == ["q", "k", "v", "o", *MLP_COLUMNS, "in_norm", "post_norm"]
-    for layer in report.layers:
-        for component in report.components:
-            cell = report.cell(layer, component)
-            if layer == 2 and component in MLP_COLUMNS:
-                assert 0.1 < cell["relative_change"] < 0.3, (layer, component)
-                assert cell["cosine"] < 0.999
-            else:
-                assert cell["relative_change"] == 0.0, (layer, component)
-                assert cell["cosine"] == 1.0
-    for component in report.outside_components:
-        assert report.cell(None, component)["relative_change"] == 0.0
-    ranked = report.ranked("relative_change", 3)
-    assert {(e["layer"], e["component"]) for e in ranked} == {(2, c) for c in MLP_COLUMNS}
-    assert report.ranked("relative_change", 1, whole_layers=True)[0]["layer"] == 2
-    assert report.plain_merge_possible and not report.config_differences
-
-    saved = json.loads((tmp_path / "r.json").read_text())
-    for row in saved["layers"]:
-        for component, cell in row["components"].items():
-            changed = row["layer"] == 2 and component in MLP_COLUMNS
-            assert (cell["relative_change"] > 0) == changed, (row["layer"], component)
-        assert (row["all"]["relative_change"] > 0) == (row["layer"] == 2)
-    changed_tensors = {t["name"] for t in saved["tensors"] if t["relative_change"] > 0}
-    assert changed_tensors == {f"model.layers.2.mlp.{c}_proj.weight" for c in MLP_COLUMNS}
-    assert saved["plain_merge"] == {"possible": True, "blockers": [], "cautions": []}
-    assert saved["vocabulary"]["identical"] is True
 
 
 @pytest.mark.parametrize("chunk_elements", [257, SMALL_CHUNK, 1 << 22])
@@ -341,6 +105,42 @@ def test_each_tensor_is_read_once_in_bounded_slices(
 
 
 # --------------------------------------------------------------------------------------------
+# The reader thread's contract
+
+
+def reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mergemed-inspect-reader"]
+
+
+def test_a_read_failure_in_the_reader_reaches_the_caller(models: Models, tmp_path: Path) -> None:
+    """The weights file of B is cut short once streaming has begun: the reader thread's
+    CheckpointError is raised by inspect_models, and the reader is gone."""
+    shortened = edited_copy(models.parent, tmp_path / "shortened")
+    weights = shortened / "model.safetensors"
+    keep = weights.stat().st_size // 8
+
+    def cut_short(size: int, tensor: str) -> None:
+        if weights.stat().st_size > keep:
+            os.truncate(weights, keep)
+
+    with pytest.raises(CheckpointError, match="truncated while reading tensor"):
+        inspect_models(models.first, shortened, chunk_elements=257, progress=cut_short)
+    assert reader_threads() == []
+
+
+def test_an_error_on_the_calling_thread_stops_the_reader(models: Models) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_at_once(size: int, tensor: str) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        inspect_models(models.first, models.second, chunk_elements=257, progress=stop_at_once)
+    assert reader_threads() == []
+
+
+# --------------------------------------------------------------------------------------------
 # Layout differences
 
 
@@ -395,31 +195,6 @@ def test_vocabulary_rows_differ(models: Models) -> None:
     assert report.vocabulary["identical"] is False
 
 
-def test_vocabulary_compared_token_by_token(models: Models, tmp_path: Path) -> None:
-    from transformers import AutoTokenizer
-
-    clinical = edited_copy(models.parent, tmp_path / "clinical", grow_vocabulary)
-    tokenizer = AutoTokenizer.from_pretrained(clinical)
-    added = ["myocardial", "troponin", "<|note|>", "stenosis", "<|dx|>", "apnea", "sepsis", "ecg"]
-    tokenizer.add_tokens(added)
-    tokenizer.save_pretrained(clinical)
-    report = inspect_models(clinical, models.parent)
-    vocabulary = report.vocabulary
-    assert vocabulary["extra_tokens"]["A"] == {"count": 8, "tokens": added}
-    assert vocabulary["missing_tokens"]["A"] == {"count": 0, "tokens": []}
-    assert vocabulary["tokens"] == {"A": 520, "B": 512}
-    assert not report.plain_merge_possible
-    from rich.console import Console
-
-    console = Console(width=160, record=True, color_system=None)
-    for renderable in render_report(report):
-        console.print(renderable)
-    text = console.export_text()
-    assert "tokens only in" in text and "8: 'myocardial', 'troponin'" in text
-    same = inspect_models(models.parent, models.parent)
-    assert same.vocabulary["identical"] and same.plain_merge_possible
-
-
 def test_tensors_in_one_model_or_of_other_shapes_are_listed(models: Models) -> None:
     report = inspect_models(models.edited_names, models.parent)
     assert report.only_in_a == ["model.extra.weight"]
@@ -436,125 +211,3 @@ def test_tensors_in_one_model_or_of_other_shapes_are_listed(models: Models) -> N
     assert all(name.startswith("model.layers.3.") for name in shallower.only_in_b)
     assert shallower.merge_blockers[0].startswith("layer counts differ (A 3, B 4)")
     assert [d.key for d in shallower.config_differences] == ["num_hidden_layers"]
-
-
-def test_nan_weights_give_no_numbers_and_valid_json(models: Models, tmp_path: Path) -> None:
-    report = inspect_models(models.with_nan, models.parent, json_path=tmp_path / "r.json")
-    name = "model.layers.0.self_attn.q_proj.weight"
-    assert report.notes == [f"NaN or Inf values in {name}: no numbers for them"]
-    assert report.cell(0, "q")["cosine"] is None and report.cell(0)["cosine"] is None
-    assert report.cell(0, "k")["relative_change"] == 0.0
-    assert report.cell(1)["cosine"] == 1.0
-
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"{constant} in JSON")
-
-    saved = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
-    poisoned = next(t for t in saved["tensors"] if t["name"] == name)
-    assert poisoned["cosine"] is None and poisoned["sums"]["dot"] == "nan"
-
-
-def test_component_names() -> None:
-    assert tensor_component("model.layers.12.self_attn.q_proj.bias") == (12, "q")
-    assert tensor_component("model.layers.0.post_attention_layernorm.weight") == (0, "post_norm")
-    assert tensor_component("model.layers.3.block_sparse_moe.experts.7.w1.weight") == (
-        3,
-        "block_sparse_moe.experts.*.w1",
-    )
-    assert tensor_component("model.embed_tokens.weight") == (None, "embed_tokens")
-    assert tensor_component("model.norm.weight") == (None, "norm")
-    assert tensor_component("lm_head.weight") == (None, "lm_head")
-
-
-# --------------------------------------------------------------------------------------------
-# Bad input (library)
-
-
-def test_refusals_in_the_library(models: Models, tmp_path: Path) -> None:
-    with pytest.raises(InspectError, match=r"different architectures: A .* LlamaForCausalLM, B"):
-        inspect_models(models.parent, models.qwen_config)
-    with pytest.raises(InspectError, match=r"the base .* not a vocabulary problem"):
-        inspect_models(models.parent, models.first, base=models.wide_config)
-    with pytest.raises(CheckpointError, match=r"^base: model .*folder not found"):
-        inspect_models(models.parent, models.first, base=tmp_path / "absent")
-    with pytest.raises(OutputError, match=r"--json .* does not exist"):
-        inspect_models(models.parent, models.first, json_path=tmp_path / "no" / "r.json")
-    with pytest.raises(InspectError, match="needs --base"):
-        check_table_metric("angle", with_base=False)
-    with pytest.raises(InspectError, match="expected one of change, cosine, angle"):
-        check_table_metric("kl", with_base=False)
-    assert list(tmp_path.iterdir()) == []
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-
-
-def test_rendering_with_a_base(models: Models) -> None:
-    report = inspect_models(models.first, models.second, base=models.parent)
-    from rich.console import Console
-
-    console = Console(width=120, record=True, color_system=None)
-    for renderable in render_report(report, "task_angle"):
-        console.print(renderable)
-    text = console.export_text()
-    assert "angle between task vectors" in text
-    assert "task vectors most opposed: layer" in text
-    assert "plain merge possible: yes" in text
-    assert isinstance(report, InspectReport) and report.with_base
-
-
-def table_rows(stdout: str) -> dict[int, list[str]]:
-    """The per-layer table's rows: ``layer -> [q, k, v, o, gate, up, down, in_norm,
-    post_norm, all]``."""
-    rows = {}
-    for line in stdout.splitlines():
-        cells = line.split()
-        if len(cells) == 11 and cells[0].isdigit():
-            rows[int(cells[0])] = cells[1:]
-    return rows
-
-
-def test_cli_shows_the_change_only_in_layer_2_mlp(cli_runs: CliRuns) -> None:
-    result = cli_runs.result("layer 2")
-    assert result.returncode == 0, result.stderr
-    header = "layer q k v o gate up down in_norm post_norm all"
-    assert any(" ".join(line.split()) == header for line in result.stdout.splitlines())
-    rows = table_rows(result.stdout)
-    assert sorted(rows) == [0, 1, 2, 3]
-    for layer, cells in rows.items():
-        for column, cell in zip(header.split()[1:], cells, strict=True):
-            changed = layer == 2 and column in (*MLP_COLUMNS, "all")
-            assert (cell != "0") == changed, (layer, column, cell)
-    assert "most changed: layer 2 " in result.stdout
-    assert "task vectors most opposed: layer 2 " in result.stdout
-    assert "plain merge possible: yes" in result.stdout
-    assert "inspected 39 tensors" in result.stderr
-    assert cli_runs.png.read_bytes().startswith(PNG_SIGNATURE)  # two panels: change and angle
-    saved = json.loads(cli_runs.json.read_text())
-    assert saved["layers"][2]["components"]["up"]["relative_change"] > 0.1
-
-
-@pytest.mark.parametrize(
-    ("case", "expected"),
-    [
-        ("architectures", ["different architectures", "LlamaForCausalLM", "Qwen2ForCausalLM"]),
-        ("missing", ["B: model", "no-such-model", "folder not found"]),
-        ("hidden sizes", ["hidden sizes differ", "64", "128", "not a vocabulary problem"]),
-    ],
-)
-def test_cli_refuses_bad_input_in_one_line(
-    cli_runs: CliRuns, models: Models, case: str, expected: list[str]
-) -> None:
-    result = cli_runs.result(case)
-    shown = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2, shown
-    assert "Traceback" not in result.stderr and not result.stdout.strip(), shown
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), shown
-    for fragment in expected:
-        assert fragment in lines[0], shown
-    if case != "missing":
-        assert str(models.parent) in lines[0]
-    assert not cli_runs.refused_json(case).exists()
-    assert not cli_runs.refused_png(case).exists()
