@@ -2,10 +2,10 @@
 
 :func:`plan_reads` pairs the tensors up (a tied model's embeddings stand in for its lm_head,
 vocabulary tensors whose row counts differ are compared over their common rows) and groups
-them into :class:`ReadJob` s in A's file order. :func:`stream_reads` then reads every job's
-tensors once, slice by slice, the way the merge engine reads them: a reader thread fetches the
-next slices (``Checkpoint.read``, ``preadv``) while the calling thread folds the current ones
-into float64 sums. Memory stays at a few slices whatever the model size.
+them into read jobs (:class:`ReadJob`) in A's file order. :func:`stream_reads` then reads
+every job's tensors once, slice by slice, the way the merge engine reads them: a reader thread
+fetches the next slices (``Checkpoint.read``, ``preadv``) while the calling thread folds the
+current ones into float64 sums. Memory stays at a few slices whatever the model size.
 """
 
 from __future__ import annotations
