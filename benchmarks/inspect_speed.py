@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     inspect = [str(merge_speed.BIN_DIR / "mergemed"), "inspect", str(first), str(second)]
     inspect += ["--json", str(report_path), "--quiet"]
     caches = ["cold"] if arguments.skip_warm else ["cold", "warm"]
-    imports = [sys.executable, "-c", "import mergemed.cli, mergemed.inspect, mergemed.schedule"]
+    imports = [
+        sys.executable,
+        "-c",
+        "import mergemed.cli, mergemed.cli.inspect_render, mergemed.compare, mergemed.schedule",
+    ]
     runs = [
         Run(name, cache, command)
         for cache in caches

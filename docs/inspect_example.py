@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mergemed.inspect import inspect_models, plot_heatmap
+from mergemed.compare import inspect_models, plot_heatmap
 from mergemed.testing import build_tokenizer, make_random_model
 
 LAYERS = 8

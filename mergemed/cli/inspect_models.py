@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from mergemed.cli.render import byte_progress, console, stdout
+from mergemed.errors import InspectError
 
 
 def inspect_models(
@@ -27,15 +28,18 @@ def inspect_models(
     metric: Annotated[
         str, typer.Option(help="Table cells: change (|A-B|/|B|), cosine, angle (needs --base).")
     ] = "change",
-    top: Annotated[int, typer.Option(help="How many most-changed cells to list.")] = 5,
+    top: Annotated[int, typer.Option(help="How many most-changed cells to list (0: none).")] = 5,
     allow_pickle: Annotated[
         bool, typer.Option(help="Allow .bin/.pt weights (unpickling can run code).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compare MODEL_A with MODEL_B per layer and component before merging them."""
-    from mergemed.inspect import check_table_metric, inspect_models, render_report, summary_line
+    from mergemed.cli.inspect_render import check_table_metric, render_report
+    from mergemed.compare import inspect_models, summary_line
 
+    if top < 0:
+        raise InspectError(f"--top {top}: expected 0 or more")
     table_metric = check_table_metric(metric, with_base=base is not None)
     with byte_progress("reading", quiet) as bar:
         task = bar.add_task("inspect", total=None, tensor="")
