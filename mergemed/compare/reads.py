@@ -11,15 +11,15 @@ current ones into float64 sums. Memory stays at a few slices whatever the model 
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+
+import torch
 
 from mergemed.compare.components import VOCABULARY_COMPONENTS, tensor_component
 from mergemed.compare.report import LayoutDifferences, TensorComparison
 from mergemed.compare.stats import BlockAccumulator
+from mergemed.engine.stages import run_stages
 from mergemed.io.checkpoint import Checkpoint
 
 EMBEDDING_NAMES = ("model.embed_tokens.weight", "transformer.wte.weight")
@@ -230,7 +230,8 @@ def plan_reads(checkpoints: dict[str, Checkpoint]) -> ReadPlan:
     return ReadPlan(jobs, layout)
 
 
-_DONE = object()
+READER_THREAD = "mergemed-inspect-reader"
+"""Name of the thread that reads the models' slices."""
 
 
 def stream_reads(
@@ -241,11 +242,11 @@ def stream_reads(
 ) -> int:
     """Read every job's tensors once, slice by slice, and fill in the comparisons' sums.
 
-    A reader thread (``mergemed-inspect-reader``, a daemon) reads, job by job, slices of
-    ``chunk_elements`` elements of every source of the job (``Checkpoint.read``, which is safe
-    from another thread) and hands them over through a queue holding at most 2 slice sets; the
-    calling thread folds each into the sums in float64 (:class:`BlockAccumulator`). The reader
-    waits while the queue is full, polling every 0.1 s for a stop request.
+    The engine's staged threads (:func:`~mergemed.engine.stages.run_stages`) do the work: a
+    reader thread (``mergemed-inspect-reader``) reads, job by job, slices of ``chunk_elements``
+    elements of every source of the job (``Checkpoint.read`` is safe from another thread) into
+    a short queue; the calling thread folds each into the sums in float64
+    (:class:`BlockAccumulator`).
 
     Args:
         jobs: what to read, from :func:`plan_reads`; each job's comparisons get their sums.
@@ -261,72 +262,42 @@ def stream_reads(
             calling thread once the reader has stopped. An exception on the calling thread (from
             ``progress``, say) stops the reader and propagates instead.
     """
-    slices: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def put(entry: Any) -> bool:
-        while not stop.is_set():
-            try:
-                slices.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read_all() -> None:
-        try:
-            for job in jobs:
-                for start in range(0, max(job.length, 1), chunk_elements):
-                    read = {}
-                    for (role, name), needed in job.sources.items():
-                        count = min(chunk_elements, needed - start)
-                        if count > 0:
-                            read[(role, name)] = checkpoints[role].read(name, start, count)
-                    if not put((job, start, read)):
-                        return
-        except BaseException as error:
-            failure.append(error)
-        put(_DONE)
-
-    reader = threading.Thread(target=read_all, name="mergemed-inspect-reader", daemon=True)
-    reader.start()
     bytes_read = 0
     accumulator = BlockAccumulator(chunk_elements)
-    try:
-        while True:
-            try:
-                entry = slices.get(timeout=0.1)
-            except queue.Empty:
-                if not reader.is_alive() and slices.empty():
-                    break
+
+    def read_slices() -> Iterator[tuple[ReadJob, int, dict[tuple[str, str], torch.Tensor]]]:
+        for job in jobs:
+            for start in range(0, max(job.length, 1), chunk_elements):
+                read = {}
+                for (role, name), needed in job.sources.items():
+                    count = min(chunk_elements, needed - start)
+                    if count > 0:
+                        read[(role, name)] = checkpoints[role].read(name, start, count)
+                yield job, start, read
+
+    def fold(entry: tuple[ReadJob, int, dict[tuple[str, str], torch.Tensor]]) -> None:
+        nonlocal bytes_read
+        job, start, read = entry
+        for (_, name), values in read.items():
+            size = values.numel() * values.element_size()
+            bytes_read += size
+            if progress:
+                progress(size, name)
+        for comparison in job.comparisons:
+            count = min(chunk_elements, comparison.elements - start)
+            if count <= 0:
                 continue
-            if entry is _DONE:
-                break
-            job, start, read = entry
-            for (_, name), values in read.items():
-                size = values.numel() * values.element_size()
-                bytes_read += size
-                if progress:
-                    progress(size, name)
-            for comparison in job.comparisons:
-                count = min(chunk_elements, comparison.elements - start)
-                if count <= 0:
-                    continue
-                with_base = 0
-                if comparison.source_base is not None:
-                    with_base = max(0, min(count, comparison.base_elements - start))
-                accumulator.fold(
-                    comparison.sums,
-                    read[("a", comparison.source_a)].reshape(-1),
-                    read[("b", comparison.source_b)].reshape(-1),
-                    read[("base", comparison.source_base)].reshape(-1) if with_base else None,
-                    count,
-                    with_base,
-                )
-    finally:
-        stop.set()
-        reader.join(timeout=10)
-    if failure:
-        raise failure[0]
+            with_base = 0
+            if comparison.source_base is not None:
+                with_base = max(0, min(count, comparison.base_elements - start))
+            accumulator.fold(
+                comparison.sums,
+                read[("a", comparison.source_a)].reshape(-1),
+                read[("b", comparison.source_b)].reshape(-1),
+                read[("base", comparison.source_base)].reshape(-1) if with_base else None,
+                count,
+                with_base,
+            )
+
+    run_stages(read_slices(), fold, names=(READER_THREAD, READER_THREAD))
     return bytes_read
