@@ -49,8 +49,11 @@ def test_differing_vocabularies_stop_with_the_lines_that_fix_it(parents, tmp_pat
 
 
 def test_identical_vocabularies_merge_without_a_tokenizer_section(parents, tmp_path):
+    twin = tmp_path / "twin"
+    make_random_model(twin, base_dir=parents["a"], seed=5, perturbation=0.1)  # same tokenizer
     recipe = merge_recipe(parents, "slerp", None)
-    recipe["models"] = [{"model": str(parents["a"])}, {"model": str(parents["a"])}]
+    recipe["base_model"] = str(parents["a"])
+    recipe["models"] = [{"model": str(parents["a"])}, {"model": str(twin)}]
     result = merge(load_recipe(recipe), tmp_path / "out")
     assert result.report["vocabulary"]["aligned"] is False
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (
