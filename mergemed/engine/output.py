@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -77,7 +78,15 @@ def write_model_files(folder: Path, job: MergeJob) -> dict[str, Any]:
     ):
         source_file = tokenizer_folder / filename
         if source_file.is_file():
-            shutil.copyfile(source_file, folder / filename)
+            destination = folder / filename
+            try:
+                shutil.copyfile(source_file, destination)
+            except OSError as error:
+                # copyfile's error may name the source; a full disk is news about where it
+                # could not write.
+                if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    error.filename = str(destination)
+                raise
             copied.append(filename)
     template_source = _apply_chat_template(folder, recipe, checkpoints, tokenizer_reference)
     return {

@@ -61,15 +61,16 @@ class OutputTarget:
         shards: the output layout (:func:`~mergemed.io.writer.layout_shards`).
         sink: receives the slices (:class:`~mergemed.io.writer.ShardWriter` or
             :class:`~mergemed.io.writer.MemorySink`); closed when the pipeline ends.
-        completed: file names of shards an interrupted run already wrote: skipped.
+        completed: shards an interrupted run already wrote and that were verified (file
+            name -> its journal record): skipped.
         on_shard_finished: called after each shard is closed with every finished shard so
-            far (file name -> bytes), e.g. to record it in the resume journal.
+            far (file name -> ``{"bytes", "sha256"}``), e.g. to record it in the journal.
     """
 
     shards: list[Shard]
     sink: Sink
-    completed: set[str] = field(default_factory=set)
-    on_shard_finished: Callable[[dict[str, int]], None] | None = None
+    completed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    on_shard_finished: Callable[[dict[str, dict[str, Any]]], None] | None = None
 
 
 @dataclass
@@ -111,7 +112,7 @@ def run_pipeline(job: MergeJob, target: OutputTarget, settings: PipelineSettings
     shard_of = {t.name: t.shard for s in shards for t in s.tensors}
     skip = {i for i, t in enumerate(plan.tasks) if shards[shard_of[t.name]].filename in completed}
     pending_bytes = {s.index: s.data_bytes for s in shards if s.filename not in completed}
-    finished = {s.filename: s.file_bytes for s in shards if s.filename in completed}
+    finished = {s.filename: completed[s.filename] for s in shards if s.filename in completed}
     # Vocabulary tensors are aligned whole (rows move between positions); the rest stream.
     aligned = (
         {i for i, t in enumerate(plan.tasks) if is_vocabulary_tensor(t.name)}
@@ -154,8 +155,8 @@ def run_pipeline(job: MergeJob, target: OutputTarget, settings: PipelineSettings
         if progress:
             progress(written, name)
         if pending_bytes[shard.index] == 0:
-            sink.close_shard(shard)
-            finished[shard.filename] = shard.file_bytes
+            digest = sink.close_shard(shard)
+            finished[shard.filename] = {"bytes": shard.file_bytes, "sha256": digest}
             if target.on_shard_finished:
                 target.on_shard_finished(finished)
             if progress:

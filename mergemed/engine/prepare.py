@@ -209,8 +209,33 @@ def _planned(
     owner: bool,
 ) -> MergeJob:
     plan = build_plan(recipe, _layouts(checkpoints, alignment))
+    check_source_dtypes(plan, checkpoints)
     output_dtype = _output_dtype(recipe, checkpoints[reference_model(recipe)], plan)
     return MergeJob(recipe, options, device, checkpoints, alignment, plan, output_dtype, owner)
+
+
+def check_source_dtypes(plan: MergePlan, checkpoints: dict[str, Checkpoint]) -> None:
+    """Every tensor a merge reads must hold floating-point numbers.
+
+    Merge methods do arithmetic on weights; an integer or boolean tensor (a header that
+    declares ``I32`` for bytes written as ``F32`` reads as integers up to 10^9) would be merged
+    into nonsense without any NaN to catch it.
+
+    Raises:
+        MergeError: naming the tensor, the model and its dtype (and another parent's).
+    """
+    for task in plan.tasks:
+        infos = [(s.model, checkpoints[s.model].tensors.get(s.name)) for s in task.sources]
+        dtypes = [(model, info.dtype) for model, info in infos if info is not None]
+        for model, dtype in dtypes:
+            if dtype.is_floating_point:
+                continue
+            floats = [(m, d) for m, d in dtypes if d.is_floating_point]
+            other = f", while {floats[0][0]!r} stores it as {floats[0][1]}" if floats else ""
+            raise MergeError(
+                f"tensor {task.sources[0].name!r}: {model!r} stores it as {dtype}{other}; "
+                "merge methods take floating-point weights (is the file's header forged?)"
+            )
 
 
 def check_device(device: str) -> torch.device:

@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from mergemed import __version__
 from mergemed.engine.prepare import MergeJob
 from mergemed.errors import OutputError
-from mergemed.io.writer import Shard
+from mergemed.io.writer import Shard, file_digest
 from mergemed.units import human_bytes
 
 JOURNAL = ".mergemed-journal.json"
@@ -69,11 +71,15 @@ def fingerprint(job: MergeJob, shards: list[Shard], chunk_elements: int) -> str:
     return digest.hexdigest()
 
 
-def prepare_partial(partial: Path, fingerprint: str) -> set[str]:
+def prepare_partial(partial: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
     """Reuse a partial folder left by an interrupted run of the same merge, else start anew.
 
+    A shard the journal records as finished is reused only if its file still has the recorded
+    size and SHA-256 digest: a shard changed after it was written (even at the same size) is
+    written again.
+
     Returns:
-        The file names of the shards the earlier run finished (present, of the right size).
+        The verified finished shards: file name -> journal record (``bytes``, ``sha256``).
     """
     journal = partial / JOURNAL
     if journal.is_file():
@@ -81,27 +87,38 @@ def prepare_partial(partial: Path, fingerprint: str) -> set[str]:
             state = json.loads(journal.read_text())
         except ValueError:
             state = {}
-        if state.get("fingerprint") == fingerprint:
+        if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
+            recorded = state.get("completed")
             return {
-                name
-                for name, size in state.get("completed", {}).items()
-                if (partial / name).is_file() and (partial / name).stat().st_size == size
+                name: record
+                for name, record in (recorded.items() if isinstance(recorded, dict) else ())
+                if _shard_intact(partial, name, record)
             }
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     write_journal(partial, fingerprint, {})
-    return set()
+    return {}
 
 
-def write_journal(partial: Path, fingerprint: str, completed: dict[str, int]) -> None:
-    """Record the finished shards (file name -> bytes), replacing the journal atomically."""
+def _shard_intact(partial: Path, name: Any, record: Any) -> bool:
+    if not (isinstance(name, str) and isinstance(record, dict)) or "/" in name:
+        return False
+    path = partial / name
+    if not path.is_file() or path.is_symlink() or path.stat().st_size != record.get("bytes"):
+        return False
+    return record.get("sha256") == file_digest(path)
+
+
+def write_journal(partial: Path, fingerprint: str, completed: dict[str, dict[str, Any]]) -> None:
+    """Record the finished shards (file name -> ``{"bytes", "sha256"}``), replacing the journal
+    atomically."""
     temporary = partial / (JOURNAL + ".tmp")
     temporary.write_text(json.dumps({"fingerprint": fingerprint, "completed": completed}))
     os.replace(temporary, partial / JOURNAL)
 
 
-def check_free_space(partial: Path, shards: list[Shard], completed: set[str]) -> None:
+def check_free_space(partial: Path, shards: list[Shard], completed: Collection[str]) -> None:
     """Refuse to start when the shards still to write do not fit on the disk.
 
     Raises:
@@ -114,17 +131,3 @@ def check_free_space(partial: Path, shards: list[Shard], completed: set[str]) ->
             f"{partial.parent}: not enough free space: the merge needs {human_bytes(needed)}, "
             f"{human_bytes(free)} is free"
         )
-
-
-def move_into_place(partial: Path, output: Path, overwrite: bool) -> None:
-    """Rename the finished partial folder to ``output`` (replacing it with ``overwrite``)."""
-    if output.exists():
-        if not overwrite:  # pragma: no cover - checked at the start
-            raise OutputError(f"{output}: output folder exists; pass --overwrite to replace it")
-        retired = output.parent / f".{output.name}.mergemed-old"
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(output, retired)
-        os.replace(partial, output)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(partial, output)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mergemed.atomic import replace_folder
 from mergemed.engine.output import write_model_files
 from mergemed.engine.pipeline import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -32,13 +33,13 @@ from mergemed.engine.resume import (
     check_free_space,
     check_output,
     fingerprint,
-    move_into_place,
     partial_folder,
     prepare_partial,
     write_journal,
 )
 from mergemed.errors import MergeError, MergemedError
 from mergemed.io.writer import MemorySink, ShardWriter, layout_shards, output_error, write_index
+from mergemed.outputs import OutputLock, check_replaceable
 from mergemed.recipe import Recipe
 from mergemed.units import parse_byte_size
 
@@ -108,7 +109,13 @@ def merge(
     options = MergeOptions(tuple(search_dirs), allow_pickle, device)
     settings = PipelineSettings(chunk_elements, progress, on_start)
 
-    with prepare_merge(recipe, options=options) as job:
+    # One run per output for the whole merge: a second one is refused, naming the first.
+    with OutputLock(output), prepare_merge(recipe, options=options) as job:
+        check_replaceable(
+            output,
+            [c.folder for c in job.checkpoints.values()],
+            option="--overwrite" if overwrite else "-o",
+        )
         shards = layout_shards(job.output_tensors(), max_shard_bytes)
         run_fingerprint = fingerprint(job, shards, chunk_elements)
         partial = partial_folder(output)
@@ -137,7 +144,7 @@ def merge(
             except OSError as error:
                 raise output_error(Path(error.filename or partial), error) from None
             (partial / JOURNAL).unlink(missing_ok=True)
-            move_into_place(partial, output, overwrite)
+            replace_folder(partial, output, overwrite=overwrite)
         except MergemedError:
             shutil.rmtree(partial, ignore_errors=True)
             raise

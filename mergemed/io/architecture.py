@@ -47,7 +47,9 @@ def config_num_layers(config: dict[str, Any]) -> int | None:
         The first integer found under :data:`LAYER_COUNT_KEYS`, else None.
     """
     for key in LAYER_COUNT_KEYS:
-        value = config.get(key) or config.get("text_config", {}).get(key)
+        text_config = config.get("text_config")
+        nested = text_config if isinstance(text_config, dict) else {}
+        value = config.get(key) or nested.get(key)
         if isinstance(value, int):
             return value
     return None

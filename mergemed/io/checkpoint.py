@@ -80,30 +80,31 @@ class Checkpoint:
         if not path.is_file():
             raise CheckpointError(f"{self.folder}: no config.json (model {self.reference!r})")
         try:
-            return json.loads(path.read_text())
-        except ValueError as error:
+            config = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as error:
             raise CheckpointError(f"{path}: not valid JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(
+                f"{path}: expected a JSON object of config keys, got {type(config).__name__}"
+            )
+        text_config = config.get("text_config")
+        if text_config is not None and not isinstance(text_config, dict):
+            raise CheckpointError(
+                f"{path}: text_config: expected a JSON object, got {type(text_config).__name__}"
+            )
+        return config
 
     def _find_sources(self, allow_pickle: bool):
         """Yield the folder's sources: each safetensors file (those its index lists, when it
         has one), else one source over every pickle file."""
+        index_path = self.folder / SAFETENSORS_INDEX
+        if index_path.is_file():
+            for file in self._indexed_files(index_path):
+                yield SafetensorsFile(file)
+            return
         files = sorted(self.folder.glob("*.safetensors"))
         if files:
-            index_path = self.folder / SAFETENSORS_INDEX
-            wanted = set(files)
-            if index_path.is_file():
-                try:
-                    weight_map = json.loads(index_path.read_text())["weight_map"]
-                except (ValueError, KeyError, TypeError):
-                    raise CheckpointError(
-                        f"{index_path}: expected a JSON object with weight_map"
-                    ) from None
-                named = {self.folder / name for name in weight_map.values()}
-                missing = sorted(p.name for p in named if not p.is_file())
-                if missing:
-                    raise CheckpointError(f"{index_path}: lists missing shard {missing[0]}")
-                wanted = named
-            for file in sorted(wanted):
+            for file in files:
                 yield SafetensorsFile(file)
             return
         pickled = sorted(p for p in self.folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -112,6 +113,36 @@ class Checkpoint:
                 f"{self.folder}: no *.safetensors weights (model {self.reference!r})"
             )
         yield PickleFiles(pickled, allow_pickle=allow_pickle)
+
+    def _indexed_files(self, index_path: Path) -> list[Path]:
+        """The shard files an index names, each a file inside the model folder."""
+        try:
+            index = json.loads(index_path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{index_path}: not valid JSON: {error}") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(
+                f"{index_path}: weight_map: expected a JSON object of tensor name -> shard file"
+            )
+        root = self.folder.resolve()
+        files: set[Path] = set()
+        for tensor, name in weight_map.items():
+            if not isinstance(name, str) or not name:
+                raise CheckpointError(
+                    f"{index_path}: weight_map[{tensor!r}]: expected a shard file name"
+                )
+            path = (self.folder / name).resolve()
+            if Path(name).is_absolute() or not path.is_relative_to(root):
+                raise CheckpointError(
+                    f"{index_path}: weight_map[{tensor!r}]: {name!r} is outside the model "
+                    "folder; shards must lie inside it"
+                )
+            files.add(self.folder / name)
+        missing = sorted(str(p.relative_to(self.folder)) for p in files if not p.exists())
+        if missing:
+            raise CheckpointError(f"{index_path}: lists missing shard {missing[0]}")
+        return sorted(files)
 
     def _add(self, source: TensorSource) -> None:
         self.sources.append(source)

@@ -8,6 +8,7 @@ pre-sized file (:class:`ShardWriter`), or into whole tensors in memory (:class:`
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -125,8 +126,9 @@ class Sink(Protocol):
         ``element_offset``."""
         ...
 
-    def close_shard(self, shard: Shard) -> None:
-        """Every slice of ``shard`` has been written."""
+    def close_shard(self, shard: Shard) -> str | None:
+        """Every slice of ``shard`` has been written; returns the written file's digest
+        (``sha256:<hex>``), or None for a sink that writes no file."""
         ...
 
     def close(self) -> None:
@@ -150,6 +152,10 @@ class ShardWriter:
         self.shards = list(shards)
         self.placement = {t.name: t for s in self.shards for t in s.tensors}
         self._descriptors: dict[int, int] = {}
+        # The pipeline writes each shard front to back, so its digest is taken on the way
+        # (hashlib releases the GIL); a shard written out of order is read back instead.
+        self._digests: dict[int, Any] = {}
+        self._next_offset: dict[int, int | None] = {}
 
     def open(self, shard: Shard) -> None:
         """Create the shard file with its header, sized to its final length."""
@@ -158,6 +164,8 @@ class ShardWriter:
         self._descriptors[shard.index] = descriptor
         prefix = struct.pack("<Q", len(shard.header)) + shard.header
         self._pwrite(descriptor, memoryview(prefix), 0, path)
+        self._digests[shard.index] = hashlib.sha256(prefix)
+        self._next_offset[shard.index] = len(prefix)
         try:
             # Reserve the blocks now so a full disk is found before any math, not after.
             os.posix_fallocate(descriptor, 0, shard.file_bytes)
@@ -178,16 +186,26 @@ class ShardWriter:
         offset = data_start + placement.offset + element_offset * placement.dtype.itemsize
         raw = values.reshape(-1).contiguous().view(torch.uint8).numpy()
         self._pwrite(descriptor, memoryview(raw), offset, self.folder / shard.filename)
+        if self._next_offset.get(shard.index) == offset:
+            self._digests[shard.index].update(memoryview(raw))
+            self._next_offset[shard.index] = offset + raw.nbytes
+        else:
+            self._next_offset[shard.index] = None
 
-    def close_shard(self, shard: Shard) -> None:
-        """Flush a finished shard to disk and close it."""
+    def close_shard(self, shard: Shard) -> str:
+        """Flush a finished shard to disk and close it; returns its ``sha256:<hex>`` digest."""
         descriptor = self._descriptors.pop(shard.index)
+        path = self.folder / shard.filename
         try:
             os.fsync(descriptor)
         except OSError as error:
-            raise output_error(self.folder / shard.filename, error) from None
+            raise output_error(path, error) from None
         finally:
             os.close(descriptor)
+        digest = self._digests.pop(shard.index)
+        if self._next_offset.pop(shard.index) != shard.file_bytes:
+            return file_digest(path)
+        return f"sha256:{digest.hexdigest()}"
 
     def close(self) -> None:
         """Close every shard file still open."""
@@ -227,10 +245,19 @@ class MemorySink:
         flat[element_offset : element_offset + values.numel()].copy_(values.reshape(-1))
 
     def close_shard(self, shard: Shard) -> None:
-        """Nothing to flush."""
+        """Nothing to flush, no file to digest."""
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def file_digest(path: Path, chunk_bytes: int = 16 * 1024 * 1024) -> str:
+    """``sha256:<hex>`` of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def output_error(path: Path, error: OSError) -> OutputError:

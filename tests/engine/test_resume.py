@@ -24,6 +24,7 @@ from helpers import cli_env, load_model_tensors
 from safetensors.torch import load_file, save_file
 
 from mergemed.engine import JOURNAL, merge
+from mergemed.io.writer import file_digest
 from mergemed.testing import make_random_model
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def partial_folder(output: Path) -> Path:
     return output.parent / f".{output.name}.mergemed-partial"
 
 
-def completed_shards(output: Path) -> dict[str, int]:
+def completed_shards(output: Path) -> dict[str, dict]:
     """The journal's finished shards, or {} while there is no readable journal."""
     try:
         state = json.loads((partial_folder(output) / JOURNAL).read_text())
@@ -86,8 +87,9 @@ def start_and_kill(recipe: Path, output: Path, log: Path) -> dict[str, int]:
     completed = completed_shards(output)
     shard_files = sorted(p.name for p in partial.glob("*.safetensors"))
     assert 1 <= len(completed) < len(shard_files), "killed after the first shard, before the last"
-    for name, size in completed.items():
-        assert (partial / name).stat().st_size == size
+    for name, record in completed.items():
+        assert (partial / name).stat().st_size == record["bytes"]
+        assert record["sha256"] == file_digest(partial / name)
     return completed
 
 
@@ -147,7 +149,7 @@ def deep_pair(
 class Killed:
     """A merge killed after its first shard: its recipe, output and a copy of its partial."""
 
-    def __init__(self, recipe: Path, output: Path, snapshot: Path, completed: dict[str, int]):
+    def __init__(self, recipe: Path, output: Path, snapshot: Path, completed: dict[str, dict]):
         self.recipe = recipe
         self.output = output
         self.snapshot = snapshot
@@ -204,7 +206,7 @@ def test_resumed_library_merge_reports_done_bytes(killed: Killed, tmp_path: Path
     assert result.resumed_shards >= len(killed.completed)
     [(total, done)] = starts
     assert total == result.output_bytes
-    assert done >= sum(killed.completed.values()) > 0
+    assert done >= sum(r["bytes"] for r in killed.completed.values()) > 0
     assert done + sum(written) == total
     assert not partial_folder(output).exists()
     fresh = merge(killed.recipe, tmp_path / "fresh")
@@ -245,3 +247,64 @@ def test_changed_input_weights_do_not_reuse_stale_partial(
     fresh = merge(recipe, tmp_path / "fresh")
     assert_same_tensors(output, fresh.output)
     assert result.resumed_shards == 0
+
+
+def test_tampered_finished_shard_is_written_again(killed: Killed, tmp_path: Path) -> None:
+    """A finished shard changed in the partial folder at the same size (its last 4 bytes
+    flipped) fails its recorded digest: the rerun writes it again, and only it."""
+    output = tmp_path / "merged"
+    killed.restore(output)
+    tampered = sorted(killed.completed)[0]
+    path = partial_folder(output) / tampered
+    data = bytearray(path.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])
+    path.write_bytes(bytes(data))
+    result = merge(killed.recipe, output, max_shard_size=SHARD_SIZE)
+    assert result.resumed_shards == len(killed.completed) - 1
+    fresh = merge(killed.recipe, tmp_path / "fresh", max_shard_size=SHARD_SIZE)
+    assert (output / tampered).read_bytes() == (fresh.output / tampered).read_bytes()
+    assert_same_tensors(output, fresh.output)
+
+
+def test_second_merge_on_the_same_output_is_refused(
+    tmp_path: Path, deep_pair: tuple[Path, Path]
+) -> None:
+    """Two merges into one output: the second refuses in one line naming the first's PID,
+    touches nothing, and the first finishes with the output an uninterrupted merge gives."""
+    base, other = deep_pair
+    recipe = write_slerp(tmp_path / "recipe.yaml", base, other, "[0.3, 0.6]")
+    output = tmp_path / "merged"
+    log = tmp_path / "first.log"
+    with log.open("w") as stderr:
+        first = subprocess.Popen(
+            merge_command(recipe, output), stdout=stderr, stderr=stderr, env=cli_env()
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not completed_shards(output):
+                assert first.poll() is None, log.read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            # Hold the first merge mid-run (it keeps its lock) while the second one tries.
+            first.send_signal(signal.SIGSTOP)
+            second = subprocess.run(
+                merge_command(recipe, output),
+                capture_output=True,
+                text=True,
+                env=cli_env(),
+                timeout=300,
+            )
+        finally:
+            first.send_signal(signal.SIGCONT)
+            first.wait(timeout=300)
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"error: {output}: process {first.pid} is writing this output now; wait for it to "
+        "finish (or stop it) and run the command again"
+    )
+    assert first.returncode == 0, log.read_text()
+    uninterrupted = merge(recipe, tmp_path / "uninterrupted", max_shard_size=SHARD_SIZE)
+    assert_same_tensors(output, uninterrupted.output)
+    assert not partial_folder(output).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if "mergemed" in p.name) == []

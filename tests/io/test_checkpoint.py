@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -92,11 +93,20 @@ def test_index_naming_a_missing_shard(tmp_path: Path) -> None:
         Checkpoint(folder)
 
 
-@pytest.mark.parametrize("index", ["{}", "[]", "{oops"])
-def test_index_without_weight_map(tmp_path: Path, index: str) -> None:
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [
+        ("{}", "weight_map: expected a JSON object of tensor name -> shard file"),
+        ("[]", "weight_map: expected a JSON object of tensor name -> shard file"),
+        ('{"weight_map": ["model.safetensors"]}', "weight_map: expected a JSON object"),
+        ('{"weight_map": {"w": 3}}', "weight_map['w']: expected a shard file name"),
+        ("{oops", "not valid JSON"),
+    ],
+)
+def test_index_without_weight_map(tmp_path: Path, index: str, expected: str) -> None:
     folder = folder_with(tmp_path)
     (folder / "model.safetensors.index.json").write_text(index)
-    with pytest.raises(CheckpointError, match="expected a JSON object with weight_map"):
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
         Checkpoint(folder)
 
 
@@ -181,3 +191,33 @@ def test_given_sources_are_composed_without_looking_at_the_folder(tmp_path: Path
     with pytest.raises(CheckpointError, match="not a weight file"):
         checkpoint.file_digest(folder / "config.json")
     checkpoint.close()
+
+
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        ("[1, 2]", "expected a JSON object of config keys, got list"),
+        ('{"text_config": null}', None),
+        ('{"text_config": 3}', "text_config: expected a JSON object, got int"),
+        ('{"a": "\\ud800"', "not valid JSON"),
+    ],
+)
+def test_odd_configs(tmp_path: Path, config_text: str, expected: str | None) -> None:
+    folder = folder_with(tmp_path)
+    (folder / "config.json").write_text(config_text)
+    if expected is None:
+        assert Checkpoint(folder).num_layers is not None  # counted from the tensor names
+        return
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        Checkpoint(folder)
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "/etc/passwd", "sub/../../x"])
+def test_index_paths_stay_inside_the_model_folder(tmp_path: Path, name: str) -> None:
+    folder = folder_with(tmp_path)
+    shutil.copy(folder / "model.safetensors", tmp_path / "outside.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {n: name for n in tensors()}})
+    )
+    with pytest.raises(CheckpointError, match="is outside the model folder"):
+        Checkpoint(folder)

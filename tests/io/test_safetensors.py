@@ -131,7 +131,9 @@ def test_header_that_is_not_an_object(tmp_path: Path) -> None:
 def test_unknown_dtype(tmp_path: Path) -> None:
     header = {"weird": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 2]}}
     path = write_raw(tmp_path / "dtype.safetensors", json.dumps(header).encode(), b"\0\0")
-    with pytest.raises(CheckpointError, match="corrupt entry for tensor 'weird'") as caught:
+    with pytest.raises(
+        CheckpointError, match="tensor 'weird': unknown dtype 'Q7'; expected one of F64, F32"
+    ) as caught:
         read_safetensors_header(path)
     assert str(path) in str(caught.value)
 
@@ -171,3 +173,57 @@ def test_a_file_truncated_after_opening_fails_on_read(written) -> None:
     with pytest.raises(CheckpointError, match=f"truncated while reading tensor {last.name!r}"):
         source.read(last.name)
     source.close()
+
+
+@pytest.mark.parametrize(
+    ("entries", "payload_bytes", "expected"),
+    [
+        (
+            {"a": ("F32", [2], [0, 8]), "b": ("F32", [2], [0, 8])},
+            16,
+            "overlaps tensor 'a'",
+        ),
+        ({"a": ("F32", [2], [8, 16])}, 16, "8 bytes before tensor 'a' belong to no tensor"),
+        ({"a": ("F32", [2], [0, 8])}, 12, "4 bytes after the last tensor belong to no tensor"),
+        ({"a": ("F32", [2], [-8, 0])}, 8, "data_offsets must be [begin, end]"),
+        ({"a": ("F32", [2], [8, 0])}, 8, "data_offsets must be [begin, end]"),
+        ({"a": ("F32", [True, 2], [0, 8])}, 8, "shape must be a list of whole numbers"),
+        ({"a": ("F32", [-2], [0, 8])}, 8, "shape must be a list of whole numbers"),
+    ],
+)
+def test_header_is_as_strict_as_the_safetensors_library(
+    tmp_path: Path, entries: dict, payload_bytes: int, expected: str
+) -> None:
+    """Offsets in range, contiguous, non-overlapping, tiling the data section exactly; the
+    reference library refuses every one of these files too."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = {
+        name: {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+        for name, (dtype, shape, offsets) in entries.items()
+    }
+    path = write_raw(
+        tmp_path / "forged.safetensors", json.dumps(header).encode(), b"\0" * payload_bytes
+    )
+    with pytest.raises(CheckpointError) as caught:
+        read_safetensors_header(path)
+    assert expected in str(caught.value) and str(path) in str(caught.value)
+    with pytest.raises((SafetensorError, ValueError, RuntimeError)):
+        load_file(path)
+
+
+def test_entry_that_is_not_an_object(tmp_path: Path) -> None:
+    path = write_raw(tmp_path / "odd.safetensors", b'{"a": [1, 2]}', b"")
+    with pytest.raises(CheckpointError, match="corrupt entry for tensor 'a'"):
+        read_safetensors_header(path)
+
+
+def test_only_regular_files_are_opened(tmp_path: Path) -> None:
+    """A FIFO in place of a shard would block ``open()`` forever: it is refused unopened."""
+    import os
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_safetensors_header(fifo)

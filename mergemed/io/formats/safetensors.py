@@ -9,9 +9,11 @@ operating system maps.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -56,8 +58,15 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         CheckpointError: the file is truncated, corrupt, or not safetensors.
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
+        facts = path.stat()
+        if not stat.S_ISREG(facts.st_mode):
+            raise CheckpointError(f"{path}: not a regular file; weights must be plain files")
+        size = facts.st_size
+        # O_NONBLOCK: a FIFO swapped in after the check must not hang the open.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise CheckpointError(f"{path}: not a regular file; weights must be plain files")
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
@@ -78,31 +87,92 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         raise CheckpointError(f"{path}: corrupt safetensors header: {error}") from None
 
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ is not an object")
     data_start = 8 + header_length
     data_size = size - data_start
     tensors: dict[str, TensorInfo] = {}
-    data_end = 0
+    extents: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt entry for tensor {name!r} in header") from None
+        dtype, shape, begin, end = _entry(path, name, entry)
         expected = math.prod(shape) * dtype.itemsize
         if end - begin != expected:
             raise CheckpointError(
                 f"{path}: tensor {name!r} has {end - begin} bytes, expected {expected} "
                 f"for shape {list(shape)} {entry['dtype']}"
             )
-        data_end = max(data_end, end)
+        extents.append((begin, end, name))
         tensors[name] = TensorInfo(name, path, dtype, shape, data_start + begin)
-    if data_end > data_size:
+    _check_extents(path, extents, data_size)
+    return tensors, metadata, raw
+
+
+def _entry(path: Path, name: str, entry: object) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """One header entry's dtype, shape and data offsets, each checked for type and sign."""
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: corrupt entry for tensor {name!r} in header")
+    code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if code not in SAFETENSORS_DTYPES:
         raise CheckpointError(
-            f"{path}: truncated: the header describes {data_end} bytes of tensor data, "
+            f"{path}: tensor {name!r}: unknown dtype {code!r}; expected one of "
+            f"{', '.join(SAFETENSORS_DTYPES)}"
+        )
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: shape must be a list of whole numbers >= 0, got {shape!r}"
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_natural, offsets))):
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= "
+            f"end, got {offsets!r}"
+        )
+    begin, end = offsets
+    if begin > end:
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= "
+            f"end, got {offsets!r}"
+        )
+    return SAFETENSORS_DTYPES[code], tuple(shape), begin, end
+
+
+def _natural(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_extents(path: Path, extents: list[tuple[int, int, str]], data_size: int) -> None:
+    """The tensors' bytes must tile the data section exactly: from 0, in some order, with no
+    gap and no overlap, ending at the file's end (the rule of the safetensors library)."""
+    ordered = sorted(extents)
+    # Overlaps first: a forged header that points two tensors at the same bytes also leaves
+    # a gap, and the overlap is the real news.
+    for (_, first_end, first), (begin, end, name) in itertools.pairwise(ordered):
+        if begin < first_end and end > begin:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} overlaps tensor {first!r} in the data section "
+                f"(bytes {begin}-{end} against {first_end}); the file is corrupt or forged"
+            )
+    position = 0
+    for begin, end, name in ordered:
+        if begin < position:  # only zero-size tensors reach here
+            raise CheckpointError(
+                f"{path}: tensor {name!r} overlaps another tensor in the data section"
+            )
+        if begin > position:
+            raise CheckpointError(
+                f"{path}: {begin - position} bytes before tensor {name!r} belong to no tensor "
+                "(data_offsets must be contiguous)"
+            )
+        position = end
+    if position > data_size:
+        raise CheckpointError(
+            f"{path}: truncated: the header describes {position} bytes of tensor data, "
             f"the file holds {data_size}"
         )
-    return tensors, metadata, raw
+    if position < data_size:
+        raise CheckpointError(
+            f"{path}: {data_size - position} bytes after the last tensor belong to no tensor "
+            "(the data section must end with the last tensor)"
+        )
 
 
 class SafetensorsFile:
@@ -142,7 +212,7 @@ class SafetensorsFile:
         buffer = bytearray(count * itemsize)
         offset = info.start + start * itemsize
         if self._descriptor is None:
-            self._descriptor = os.open(self.path, os.O_RDONLY)
+            self._descriptor = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         view = memoryview(buffer)
         done = 0
         while done < len(buffer):
