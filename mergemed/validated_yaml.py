@@ -109,8 +109,9 @@ def parse_yaml(text: str, name: str, error: type[MergemedError]) -> tuple[Any, y
     past :data:`MAX_EXPANDED_NODES` nodes are refused with ``error`` naming the line (and the
     anchor), before anything is built from them.
     """
-    loader = _AnchorNamingLoader(text)
+    loader = None
     try:
+        loader = _AnchorNamingLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None, None
@@ -122,7 +123,8 @@ def parse_yaml(text: str, name: str, error: type[MergemedError]) -> tuple[Any, y
         reason = getattr(problem, "problem", None) or str(problem).splitlines()[0]
         raise error(f"{where}: not valid YAML: {reason}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class Located:

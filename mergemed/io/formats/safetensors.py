@@ -87,8 +87,12 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         raise CheckpointError(f"{path}: corrupt safetensors header: {error}") from None
 
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ is not an object")
+    if not isinstance(metadata, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
+    ):
+        raise CheckpointError(
+            f"{path}: corrupt safetensors header: __metadata__ must map strings to strings"
+        )
     data_start = 8 + header_length
     data_size = size - data_start
     tensors: dict[str, TensorInfo] = {}
