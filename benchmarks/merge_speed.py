@@ -516,6 +516,16 @@ HEADERS = [
 ]
 
 
+def median_run(results: Sequence[RunResult]) -> RunResult:
+    """The round with the median wall + sync time (the lower middle one for an even count);
+    a failed round, if any, is shown instead, so a failure is never hidden by a median."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        return failed[0]
+    ordered = sorted(results, key=lambda r: r.total_seconds or 0.0)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def tool_ratio(runs: Sequence[RunResult]) -> str | None:
     by_name = {run.name: run for run in runs}
     mergekit, mergemed = by_name.get("mergekit"), by_name.get("mergemed")
@@ -606,6 +616,13 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--no-record", action="store_true", help="Do not append to RESULTS.md.")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH)
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds per run.")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Rounds of floor, mergekit, mergemed (interleaved); each tool's median round is "
+        "reported, with every round's time in the notes.",
+    )
     return parser.parse_args(argv)
 
 
@@ -674,14 +691,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += ["--max-shard-size", args.max_shard_size, "--device", args.device]
         runs.append(RunResult("mergemed", command, output, logs_dir / "mergemed.log"))
 
-    for run in runs:
-        print(f"running {run.name}: {' '.join(run.command)}", flush=True)
-        run_measured(run, inputs, warm=args.warm, timeout=args.timeout)
-        print(f"  {run.status}, {seconds(run.wall_seconds)} s (log: {run.log})", flush=True)
-        if run.name == "floor" and not args.keep:
+    rounds: dict[str, list[RunResult]] = {run.name: [] for run in runs}
+    for round_index in range(max(1, args.repeat)):
+        for template in runs:
+            run = RunResult(template.name, template.command, template.output, template.log)
             shutil.rmtree(run.output, ignore_errors=True)
+            print(f"[{round_index + 1}/{args.repeat}] running {run.name}", flush=True)
+            run_measured(run, inputs, warm=args.warm, timeout=args.timeout)
+            print(f"  {run.status}, {seconds(run.wall_seconds)} s (log: {run.log})", flush=True)
+            rounds[run.name].append(run)
+            last_round = round_index == max(1, args.repeat) - 1
+            if run.name == "floor" or not last_round:
+                if not (args.keep and last_round):
+                    shutil.rmtree(run.output, ignore_errors=True)
+    runs = [median_run(rounds[name]) for name in rounds]
 
     notes = []
+    if args.repeat > 1:
+        for name, results in rounds.items():
+            times = ", ".join(seconds(r.total_seconds) for r in results)
+            notes.append(f"{name}: wall + sync of each round {times} s; the median is shown")
     if ratio_line := tool_ratio(runs):
         notes.append(ratio_line)
     by_name = {run.name: run for run in runs}
