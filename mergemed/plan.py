@@ -26,7 +26,7 @@ from mergemed.schedule import (
 
 
 @dataclass
-class PlanSummary:
+class ScheduleTable:
     """A recipe's schedule: one row per layer (``None`` for non-layer tensors)."""
 
     recipe: Recipe
@@ -61,7 +61,7 @@ class PlanSummary:
         }
 
 
-def plan_recipe(recipe: Recipe | str | Path, num_layers: int | None = None) -> PlanSummary:
+def plan_recipe(recipe: Recipe | str | Path, num_layers: int | None = None) -> ScheduleTable:
     """Resolve a recipe's schedule without merging.
 
     Args:
@@ -94,7 +94,7 @@ def plan_recipe(recipe: Recipe | str | Path, num_layers: int | None = None) -> P
             layouts[reference] = generic_layout(reference, count)
     plan = build_plan(recipe, layouts)
     columns, rows = _summarise(plan)
-    return PlanSummary(recipe, plan, columns, rows, real)
+    return ScheduleTable(recipe, plan, columns, rows, real)
 
 
 def _layers_from_slices(recipe: Recipe) -> int | None:
@@ -148,7 +148,7 @@ def _collapse(values: list[Any]) -> Any:
     return "/".join(str(v) for v in unique)
 
 
-def plot_plan(summary: PlanSummary, path: str | Path) -> Path:
+def plot_plan(summary: ScheduleTable, path: str | Path) -> Path:
     """Plot each numeric parameter against the layer, one line per component, to a PNG."""
     import matplotlib
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from mergemed.train.config import TrainConfig, load_train_config
 from mergemed.train.export import TrainResult, write_trained_model
 from mergemed.train.packing import build_cpt_data
-from mergemed.train.report import loss_curves
 from mergemed.train.session import TrainingSession, training_session
 from mergemed.train.sources import Source
 from mergemed.train.trainer_setup import (
@@ -25,6 +24,7 @@ from mergemed.train.trainer_setup import (
     load_tokenizer,
     training_arguments,
 )
+from mergemed.train.training_report import loss_curves
 
 
 def train_cpt(config: TrainConfig | str | Path, *, progress: bool = True) -> TrainResult:

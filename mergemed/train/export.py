@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mergemed.atomic import replace_folder
-from mergemed.train.report import write_report
 from mergemed.train.session import OVERWRITE_OPTION, TrainingSession
+from mergemed.train.training_report import write_report
 
 
 @dataclass

@@ -20,7 +20,6 @@ import torch
 from mergemed.train.config import TrainConfig, load_train_config
 from mergemed.train.export import TrainResult, write_trained_model
 from mergemed.train.mixing import split_held_out
-from mergemed.train.report import loss_curves
 from mergemed.train.session import (
     TrainError,
     TrainingSession,
@@ -40,6 +39,7 @@ from mergemed.train.trainer_setup import (
     load_tokenizer,
     training_arguments,
 )
+from mergemed.train.training_report import loss_curves
 
 
 def read_records(config: TrainConfig) -> list[Any]:

@@ -1,5 +1,5 @@
-"""The training report written next to a trained model: what it saw, how fast, and the loss
-curves (training, and held-out per source) as a PNG."""
+"""The training report (``training.json``) written next to a trained model: what it saw, how
+fast, and the loss curves (training, and held-out per source) as a PNG."""
 
 from __future__ import annotations
 
