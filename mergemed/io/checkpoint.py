@@ -17,7 +17,7 @@ import torch
 from mergemed.errors import CheckpointError
 from mergemed.io.architecture import count_layers
 from mergemed.io.formats import FILE_DIGEST_CHUNK_BYTES, TensorInfo, TensorSource
-from mergemed.io.formats.pickle import PICKLE_SUFFIXES, PickleFiles
+from mergemed.io.formats.pickle_files import PICKLE_SUFFIXES, PickleFiles
 from mergemed.io.formats.safetensors import SafetensorsFile
 
 TOKENIZER_FILES = (
