@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,3 +69,32 @@ def kill_when_written(marker: Path, *args: Any, timeout: float = 300) -> None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``result``, after checking it exited 0 without a traceback (both outputs shown if not)."""
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented ``text`` (a recipe, a config) to ``path``."""
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def slerp_recipe(path: Path, base: Path | str, other: Path | str, t: str) -> Path:
+    """A SLERP recipe of ``base`` and ``other`` with parameter ``t`` (a YAML value)."""
+    return write(
+        path,
+        f"""
+        merge_method: slerp
+        base_model: {json.dumps(str(base))}
+        models:
+          - model: {json.dumps(str(base))}
+          - model: {json.dumps(str(other))}
+        parameters:
+          t: {t}
+        """,
+    )

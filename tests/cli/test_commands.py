@@ -6,45 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, slerp_recipe, succeeded, write
 
 from mergemed.methods import available_methods
 from mergemed.recipe import load_recipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
-
-def slerp_recipe(path: Path, base: Path | str, other: Path | str, t: str) -> Path:
-    return write(
-        path,
-        f"""
-        merge_method: slerp
-        base_model: {json.dumps(str(base))}
-        models:
-          - model: {json.dumps(str(base))}
-          - model: {json.dumps(str(other))}
-        parameters:
-          t: {t}
-        """,
-    )
 
 
 # --------------------------------------------------------------------------------------------

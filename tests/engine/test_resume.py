@@ -14,13 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env, load_model_tensors
+from helpers import cli_env, load_model_tensors, slerp_recipe
 from safetensors.torch import load_file, save_file
 
 from mergemed.engine import JOURNAL, merge
@@ -116,23 +115,6 @@ def assert_same_tensors(folder: Path, expected_folder: Path) -> None:
     assert different == []
 
 
-def write_slerp(path: Path, base: Path, other: Path, t: str) -> Path:
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            merge_method: slerp
-            base_model: {json.dumps(str(base))}
-            models:
-              - model: {json.dumps(str(base))}
-              - model: {json.dumps(str(other))}
-            parameters:
-              t: {t}
-            """
-        )
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def deep_pair(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path
@@ -164,7 +146,7 @@ class Killed:
 def killed(tmp_path_factory: pytest.TempPathFactory, deep_pair: tuple[Path, Path]) -> Killed:
     base, other = deep_pair
     root = tmp_path_factory.mktemp("killed")
-    recipe = write_slerp(root / "recipe.yaml", base, other, "[0.2, 0.9]")
+    recipe = slerp_recipe(root / "recipe.yaml", base, other, "[0.2, 0.9]")
     output = root / "merged"
     completed = start_and_kill(recipe, output, root / "killed.log")
     snapshot = root / "snapshot"
@@ -220,7 +202,7 @@ def test_changed_recipe_does_not_reuse_stale_partial(
     output = tmp_path / "merged"
     killed.restore(output)
     # The first shard (the embeddings, at t = the first anchor) differs between the recipes.
-    changed = write_slerp(tmp_path / "changed.yaml", base, other, "[0.7, 0.2]")
+    changed = slerp_recipe(tmp_path / "changed.yaml", base, other, "[0.7, 0.2]")
     result = merge(changed, output, max_shard_size=SHARD_SIZE)
     assert result.resumed_shards == 0
     assert not partial_folder(output).exists()
@@ -235,7 +217,7 @@ def test_changed_input_weights_do_not_reuse_stale_partial(
     (re-trained or re-downloaded in place) between the killed run and the rerun."""
     base, shared_other = deep_pair
     other = Path(shutil.copytree(shared_other, tmp_path / "other"))
-    recipe = write_slerp(tmp_path / "recipe.yaml", base, other, "[0.5, 0.5]")
+    recipe = slerp_recipe(tmp_path / "recipe.yaml", base, other, "[0.5, 0.5]")
     output = tmp_path / "merged"
     start_and_kill(recipe, output, tmp_path / "killed.log")
 
@@ -272,7 +254,7 @@ def test_second_merge_on_the_same_output_is_refused(
     """Two merges into one output: the second refuses in one line naming the first's PID,
     touches nothing, and the first finishes with the output an uninterrupted merge gives."""
     base, other = deep_pair
-    recipe = write_slerp(tmp_path / "recipe.yaml", base, other, "[0.3, 0.6]")
+    recipe = slerp_recipe(tmp_path / "recipe.yaml", base, other, "[0.3, 0.6]")
     output = tmp_path / "merged"
     log = tmp_path / "first.log"
     with log.open("w") as stderr:
