@@ -102,14 +102,13 @@ def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
 
 
 def _run_mergemed(folder: str, tasks: list[str], limit: int, out: str, store: str) -> None:
-    from mergemed.evaluate import BackendSettings, evaluate
+    from mergemed.evaluation import BackendSettings, evaluate
 
+    name = os.environ.get("BENCH_BACKEND", "hf")
+    vllm = {"max_length": 4096, "extra": {"kv_cache_memory_bytes": 1 << 30, "seed": 0}}
     backend = BackendSettings(
-        backend=os.environ.get("BENCH_BACKEND", "hf"), device="cpu", dtype="float32"
+        backend=name, device="cpu", dtype="float32", **(vllm if name == "vllm" else {})
     )
-    if backend.backend == "vllm":
-        backend.max_length = 4096
-        backend.extra = {"kv_cache_memory_bytes": 1 << 30, "seed": 0}
     report = evaluate(
         folder,
         tasks=tasks,

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from mergemed.engine import merge
 from mergemed.errors import MergemedError
-from mergemed.evaluate import evaluate
+from mergemed.evaluation import evaluate
 from mergemed.train.config import load_train_config
 from mergemed.train.cpt import train_cpt
 from mergemed.train.sft import prepare_sft, train_sft

@@ -7,11 +7,11 @@ Every task YAML here names ``custom_dataset: !function utils.load``; lm-eval cal
 task's ``metadata`` and ``dataset_kwargs`` as keyword arguments and evaluates the
 ``datasets.DatasetDict`` it returns. Where the data comes from, first match wins:
 
-1. ``$MERGEMED_DATA_DIR/<local_name>/`` when the environment variable is set and that folder
-   exists;
-2. the file in the task's metadata key ``data_file`` (used as the evaluated split);
-3. ``<data_dir>/<local_name>/`` when the metadata key ``data_dir`` is set and that folder
-   exists;
+1. the file in the task's metadata key ``data_file`` (used as the evaluated split);
+2. ``<data_dir>/<local_name>/`` when the metadata key ``data_dir`` is set (mergemed passes
+   ``--data-dir`` that way) and that folder exists;
+3. ``$MERGEMED_DATA_DIR/<local_name>/`` when the environment variable is set and that folder
+   exists (for plain ``lm_eval`` runs);
 4. the default: the Hugging Face Hub dataset ``hub_path``/``hub_name`` when the task names one,
    else the copy shipped in ``evaluations/data/<local_name>/``.
 
@@ -307,20 +307,16 @@ def load(
         raise ValueError(f"unknown schema {schema!r} for {local_name} (known: {sorted(SCHEMAS)})")
     splits = {"schema": schema, "eval_split": eval_split, "fewshot_splits": fewshot_splits}
 
-    env_root = os.environ.get(DATA_DIR_ENV)
-    if env_root:
-        folder = _task_folder(env_root, local_name, f"${DATA_DIR_ENV}")
-        if folder is not None:
-            log.info("%s: local data from %s", local_name, folder)
-            return load_local(folder=folder, **splits)
     if data_file:
         log.info("%s: local data from %s", local_name, data_file)
         return load_local(data_file=data_file, **splits)
-    if data_dir:
-        folder = _task_folder(data_dir, local_name, "metadata data_dir")
-        if folder is not None:
-            log.info("%s: local data from %s", local_name, folder)
-            return load_local(folder=folder, **splits)
+    roots = [(data_dir, "metadata data_dir"), (os.environ.get(DATA_DIR_ENV), f"${DATA_DIR_ENV}")]
+    for root, origin in roots:
+        if root:
+            folder = _task_folder(root, local_name, origin)
+            if folder is not None:
+                log.info("%s: local data from %s", local_name, folder)
+                return load_local(folder=folder, **splits)
 
     if hub_path is None:
         folder = SHIPPED_DATA_DIR / local_name

@@ -699,7 +699,7 @@ def serialise(docs: list[dict]) -> str:
 def validate(docs: list[dict]) -> None:
     """Check every record against lm-eval's IFEval registry; raise on the first problem."""
     try:  # lm-eval's IFEval utilities download nltk's punkt_tab at import unless it is found
-        from mergemed.evaluate.punkt import ensure_punkt
+        from mergemed.evaluation.punkt import ensure_punkt
     except ImportError:
         pass
     else:

@@ -23,7 +23,7 @@ leaves room for a BOS token and the answer), and always ends within ``FILL_TOLER
 that bound. On PubMedQA abstracts a Llama-3 tokenizer gives about 4.5 characters a token, so its
 real counts are about 11% below the estimate (a "8k" prompt is about 7,300 Llama-3 tokens);
 tokenizers with smaller vocabularies give more tokens than the estimate. Measure with the real
-tokenizer before running (``mergemed.evaluate.longctx.lengths_that_fit``): an HF model
+tokenizer before running (``mergemed.evaluation.longctx.lengths_that_fit``): an HF model
 left-truncates prompts longer than its maximum.
 
 **Determinism.** Distractors are drawn, in the order of a ``random.Random`` seeded with
@@ -123,9 +123,11 @@ def gold_position(depth: float, n_documents: int) -> int:
 # --------------------------------------------------------------------------- data
 
 
-def data_dir() -> Path:
-    """The folder the PubMedQA JSONL files are read from."""
-    root = os.environ.get(DATA_DIR_ENV)
+def data_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder the PubMedQA JSONL files are read from: ``<root>/pubmedqa`` (``root`` is the
+    task metadata's ``data_dir``, else ``$MERGEMED_DATA_DIR``) when it exists, else the
+    shipped copy."""
+    root = root or os.environ.get(DATA_DIR_ENV)
     if root:
         folder = Path(root).expanduser() / "pubmedqa"
         if folder.is_dir():
@@ -244,30 +246,30 @@ def build_docs(
     return docs
 
 
-def load(target_length: int, **kwargs: Any):
-    """``datasets.DatasetDict`` with the ``test`` split at ``target_length``."""
+def load(target_length: int, root: str | None = None, **kwargs: Any):
+    """``datasets.DatasetDict`` with the ``test`` split at ``target_length``; ``root`` as
+    :func:`data_dir` takes it."""
     import datasets
 
-    return datasets.DatasetDict(
-        {"test": datasets.Dataset.from_list(build_docs(int(target_length)))}
-    )
+    docs = build_docs(int(target_length), folder=data_dir(root))
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
 # ``custom_dataset`` hooks: lm-eval calls them with the task's metadata (and anything given
-# with --metadata, e.g. model_args) as keyword arguments; they are ignored.
+# with --metadata or TaskManager(metadata=)) as keyword arguments; only ``data_dir`` is read.
 
 
 def load_1k(**kwargs: Any):
-    return load(TARGET_LENGTHS["1k"])
+    return load(TARGET_LENGTHS["1k"], kwargs.get("data_dir"))
 
 
 def load_4k(**kwargs: Any):
-    return load(TARGET_LENGTHS["4k"])
+    return load(TARGET_LENGTHS["4k"], kwargs.get("data_dir"))
 
 
 def load_8k(**kwargs: Any):
-    return load(TARGET_LENGTHS["8k"])
+    return load(TARGET_LENGTHS["8k"], kwargs.get("data_dir"))
 
 
 def load_16k(**kwargs: Any):
-    return load(TARGET_LENGTHS["16k"])
+    return load(TARGET_LENGTHS["16k"], kwargs.get("data_dir"))

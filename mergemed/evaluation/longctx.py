@@ -43,7 +43,7 @@ _TOKENIZER_UNSET = 10**9
 
 _BATCH = 16
 
-log = logging.getLogger("mergemed.evaluate.longctx")
+log = logging.getLogger("mergemed.evaluation.longctx")
 
 
 def model_max_length(config: Any, tokenizer: Any = None, default: int = DEFAULT_MAX_LENGTH) -> int:
@@ -84,6 +84,7 @@ def lengths_that_fit(
     max_length: int,
     *,
     limit: float | None = None,
+    data_dir: str | Path | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Split the requested tasks into those to run and the long-context ones that do not fit.
 
@@ -99,6 +100,7 @@ def lengths_that_fit(
         tokenizer: the model's ``transformers`` tokenizer.
         max_length: the model's maximum (:func:`model_max_length`, or HFLM's ``max_length``).
         limit: lm-eval's ``limit``, if the evaluation will use one.
+        data_dir: the evaluation's local data folder (the task reads ``<data_dir>/pubmedqa``).
 
     Returns:
         ``(kept, skipped)``: ``kept`` the task names to run, in order, the group expanded;
@@ -113,7 +115,9 @@ def lengths_that_fit(
         if task not in LENGTHS:
             kept.append(task)
             continue
-        tokens = prompt_tokens(task, tokenizer, limit=limit, stop_above=max_length)
+        tokens = prompt_tokens(
+            task, tokenizer, limit=limit, stop_above=max_length, data_dir=data_dir
+        )
         if tokens <= max_length:
             kept.append(task)
         else:
@@ -132,6 +136,7 @@ def prompt_tokens(
     *,
     limit: float | None = None,
     stop_above: int | None = None,
+    data_dir: str | Path | None = None,
 ) -> int:
     """Tokens of the subtask's longest prompt plus a space and its longest answer.
 
@@ -139,7 +144,7 @@ def prompt_tokens(
     ``stop_above``, returns as soon as one prompt exceeds it: the largest count measured so
     far, a lower bound of the true maximum.
     """
-    prompts = _prompts_by_length(LENGTHS[task], limit)
+    prompts = _prompts_by_length(LENGTHS[task], limit, data_dir)
     # Every prompt ends with "\nAnswer:", so the answer adds the same tokens to each.
     head = _count(tokenizer, [prompts[0]])[0]
     extra = max(_count(tokenizer, [prompts[0] + " " + a])[0] for a in ANSWERS) - head
@@ -156,9 +161,11 @@ def _count(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(x) for x in ids]
 
 
-def _prompts_by_length(target_length: int, limit: float | None) -> tuple[str, ...]:
-    # Keyed on where the data comes from as well: $MERGEMED_DATA_DIR may change.
-    return _sorted_prompts(target_length, limit, str(task_utils().data_dir()))
+def _prompts_by_length(
+    target_length: int, limit: float | None, data_dir: str | Path | None
+) -> tuple[str, ...]:
+    # Keyed on the folder the data comes from as well.
+    return _sorted_prompts(target_length, limit, str(task_utils().data_dir(data_dir)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -173,7 +180,7 @@ def _sorted_prompts(target_length: int, limit: float | None, data_dir: str) -> t
 @functools.cache
 def task_utils() -> ModuleType:
     """The task's own ``utils.py`` (so measured prompts are exactly those lm-eval evaluates)."""
-    from mergemed.evaluate.suites import evaluations_dir
+    from mergemed.evaluation.suites import evaluations_dir
 
     path = Path(evaluations_dir()) / "forgetting" / GROUP / "utils.py"
     spec = importlib.util.spec_from_file_location("mergemed_pubmedqa_longctx_utils", path)

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from mergemed.engine import merge
 from mergemed.errors import MergemedError
-from mergemed.evaluate import ResultsStore, evaluate
-from mergemed.evaluate.suites import task_manager
+from mergemed.evaluation import ResultsStore, evaluate
+from mergemed.evaluation.suites import task_manager
 
 PUBMEDQA = "mm_pubmedqa"
 LIMIT = 12
@@ -201,10 +201,10 @@ def test_bad_settings_are_refused_before_any_work(tiny_eval_models) -> None:
 def test_vllm_backend_without_vllm_names_the_extra(tiny_eval_models) -> None:
     pytest.importorskip("lm_eval")
     # Conditional by design: this checks the message for a missing vLLM; where vLLM is
-    # installed, tests/evaluate/test_vllm_backend.py runs the backend itself.
+    # installed, tests/evaluation/test_vllm_backend.py runs the backend itself.
     if __import__("importlib").util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here; the vLLM test module covers it")
-    from mergemed.evaluate import BackendSettings
+    from mergemed.evaluation import BackendSettings
 
     with pytest.raises(MergemedError, match=r"mergemed\[vllm\]"):
         evaluate(
@@ -244,7 +244,7 @@ def test_cli_prints_the_table_and_writes_json(tiny_eval_models, tmp_path: Path) 
 
 
 def test_weights_hash_is_the_same_for_a_folder_and_its_tensors(tiny_eval_models) -> None:
-    from mergemed.evaluate.identity import folder_weights_hash, state_dict_weights_hash
+    from mergemed.evaluation.identity import folder_weights_hash, state_dict_weights_hash
 
     folder = tiny_eval_models[0]
     tensors = load_file(folder / "model.safetensors")
@@ -309,3 +309,27 @@ def test_a_loaded_model_is_evaluated_in_memory(tiny_eval_models, tmp_path: Path)
         loaded.models[0].lm_eval["results"][PUBMEDQA]
         == from_disk.models[0].lm_eval["results"][PUBMEDQA]
     )
+
+
+def test_a_failing_task_never_shows_a_token(tiny_eval_models, tmp_path: Path, monkeypatch) -> None:
+    """A task whose loader echoes a secret: one line without it, and with MERGEMED_DEBUG=1 the
+    re-raised error (traceback kept) is redacted too."""
+    secret = "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2"
+    (tmp_path / "leaky.yaml").write_text(
+        "task: leaky\ncustom_dataset: !function utils.load\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\n"
+        "metadata:\n  version: 1.0\n"
+    )
+    (tmp_path / "utils.py").write_text(
+        "def load(**kwargs):\n"
+        f"    raise ValueError('GET https://hub/x -H \"Authorization: Bearer {secret}\"')\n"
+    )
+    arguments = {"tasks": ["leaky"], "include": [tmp_path], "limit": 2, "store": False}
+    with pytest.raises(MergemedError) as caught:
+        evaluate(tiny_eval_models[0], **arguments)
+    assert "task leaky: ValueError" in str(caught.value) and secret not in str(caught.value)
+    monkeypatch.setenv("MERGEMED_DEBUG", "1")
+    with pytest.raises(ValueError) as debug:
+        evaluate(tiny_eval_models[0], **arguments)
+    assert secret not in str(debug.value) and "***" in str(debug.value)
+    assert debug.traceback  # the original traceback is kept for debugging

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mergemed.evaluate import BackendSettings, evaluate
+from mergemed.evaluation import BackendSettings, evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ LIMIT = 40
 
 CHILD = """
 import json, sys
-from mergemed.evaluate import BackendSettings, evaluate
+from mergemed.evaluation import BackendSettings, evaluate
 
 if __name__ == "__main__":  # vLLM spawns worker processes that re-import this file
     folder, out = sys.argv[1], sys.argv[2]

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from mergemed.evaluate.punkt import MARKER_FILE, PARAM_FILES
+from mergemed.evaluation.punkt import MARKER_FILE, PARAM_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATIONS = (REPO / "evaluations").resolve()  # a link to mergemed/evaluations
 TASK_DIR = EVALUATIONS / "forgetting" / "ifeval_med"
 SHIPPED = TASK_DIR / "ifeval_med.jsonl"
 PUBMEDQA = EVALUATIONS / "data" / "pubmedqa"
-SHARED_PUBMEDQA = Path("/work/shared/data/pubmedqa")
+SHARED_PUBMEDQA = REPO.parent / "shared" / "data" / "pubmedqa"  # CI lays ../shared beside the repo
 
 # Run in a fresh interpreter: nltk sees only an empty NLTK_DATA, and any network use fails.
 OFFLINE_PRELUDE = textwrap.dedent(
@@ -35,7 +35,7 @@ OFFLINE_PRELUDE = textwrap.dedent(
     socket.create_connection = _no_network
     nltk.download = _no_network
     nltk.data.path[:] = [os.environ["NLTK_DATA"]]  # hide any installed official model
-    from mergemed.evaluate import punkt
+    from mergemed.evaluation import punkt
     """
 )
 
@@ -67,7 +67,7 @@ def punkt_cache(tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.mktemp("mergemed-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MERGEMED_CACHE", str(cache))
-        from mergemed.evaluate.punkt import ensure_punkt
+        from mergemed.evaluation.punkt import ensure_punkt
 
         yield cache, ensure_punkt()
 
@@ -150,7 +150,7 @@ def test_punkt_prefers_an_installed_model(
 ) -> None:
     import nltk
 
-    from mergemed.evaluate import punkt
+    from mergemed.evaluation import punkt
 
     cache, _ = punkt_cache
     ours = cache / "nltk_data" / "tokenizers" / "punkt_tab" / "english"
@@ -345,6 +345,14 @@ def test_data_dir_override(task_utils, tmp_path: Path, monkeypatch: pytest.Monke
     dataset = task_utils.load(version=1.0)
     assert len(dataset["test"]) == 1
     assert task_utils.PUNKT_MODEL.startswith(("mergemed-trained punkt", "nltk official"))
+    # The metadata's data_dir (what mergemed passes) wins; a folder without ifeval_med/ uses
+    # the shipped prompts instead of failing.
+    monkeypatch.delenv("MERGEMED_DATA_DIR")
+    assert len(task_utils.load(version=1.0, data_dir=str(tmp_path))["test"]) == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    assert task_utils.data_file(other) == SHIPPED
+    assert len(task_utils.load(data_dir=str(other))["test"]) == len(task_utils.load()["test"])
 
 
 # ---------------------------------------------------------------------------------- lm-eval

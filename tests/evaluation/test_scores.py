@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mergemed.evaluate.runner import primary_score
-from mergemed.evaluate.scores import Score, difference, mean, ratio, summarise
+from mergemed.evaluation.results import primary_score
+from mergemed.evaluation.scores import Score, difference, mean, ratio, summarise
 
 
 def test_mean_difference_ratio_closed_forms() -> None:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mergemed.evaluate.longctx import (
+from mergemed.evaluation.longctx import (
     DEFAULT_MAX_LENGTH,
     GROUP,
     LENGTHS,
@@ -147,6 +147,9 @@ def test_data_dir_env(tmp_path, monkeypatch, records):
     assert all(set(ids) <= allowed for ids in dataset["distractor_ids"])
     monkeypatch.setenv("MERGEMED_DATA_DIR", str(tmp_path / "absent"))
     assert utils.data_dir() == EVALUATIONS / "data" / "pubmedqa"
+    # The task metadata's data_dir (what mergemed passes) is read before the environment.
+    via_metadata = utils.load_4k(version=1.0, data_dir=str(tmp_path))["test"]
+    assert via_metadata["id"] == [r["id"] for r in small_test]
 
 
 def test_bad_record_names_the_line(tmp_path, records):
@@ -176,7 +179,7 @@ def test_lengths_that_fit_skips_what_the_model_cannot_take(tiny_eval_models, tok
     maximum = model_max_length(AutoConfig.from_pretrained(tiny_eval_models[0]), tokenizer)
     assert maximum == 4096  # the config's positions, not the tokenizer's 2048
     assert expand([GROUP, "pubmedqa_longctx_1k", "x"]) == [*LENGTHS, "x"]
-    with caplog.at_level(logging.WARNING, logger="mergemed.evaluate.longctx"):
+    with caplog.at_level(logging.WARNING, logger="mergemed.evaluation.longctx"):
         kept, skipped = lengths_that_fit(["mm_pubmedqa", GROUP], tokenizer, maximum)
     assert kept == ["mm_pubmedqa", "pubmedqa_longctx_1k"]
     # The tiny tokenizer makes even the "4k" prompts about 9,000 tokens.

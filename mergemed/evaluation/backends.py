@@ -8,54 +8,16 @@ settings the user chose, so every number comes from lm-eval itself.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from mergemed.errors import MergemedError
+from mergemed.evaluation.settings import BackendSettings
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-
-
-@dataclass
-class BackendSettings:
-    """How to run the model; every field that can change a score is part of the result key."""
-
-    backend: Literal["hf", "vllm"] = "hf"
-    device: str | None = None
-    """``cpu``, ``cuda``, ``cuda:1``...; None picks CUDA when present."""
-    dtype: str = "auto"
-    batch_size: int | str | None = None
-    """None: ``auto`` on a GPU, 8 on the CPU."""
-    max_length: int | None = None
-    """Longest prompt + answer in tokens; None: the model's own maximum."""
-    trust_remote_code: bool = False
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    gpu_memory_utilization: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Further keyword arguments for the lm-eval model class."""
-
-    def resolved_device(self) -> str:
-        if self.device:
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def resolved_batch_size(self) -> int | str:
-        if self.batch_size is not None:
-            return self.batch_size
-        return "auto" if self.resolved_device().startswith("cuda") else 8
-
-    def key(self) -> dict[str, Any]:
-        """The settings that can change a score (batch size and device cannot, beyond float
-        noise, so they are left out)."""
-        key: dict[str, Any] = {"backend": self.backend, "dtype": self.dtype}
-        if self.max_length is not None:
-            key["max_length"] = self.max_length
-        return key
 
 
 def check_model_folder(folder: Path) -> None:

@@ -310,14 +310,16 @@ def test_prompts_equal_lm_eval(name: str, manager, monkeypatch, local_data: Path
 # --------------------------------------------------------------------------- locating data
 
 
-def test_env_var_folder_wins(manager, monkeypatch, tmp_path: Path):
-    _write_jsonl(tmp_path / "pubmedqa" / "test.jsonl", _records("pubmedqa", 2))
-    monkeypatch.setenv("MERGEMED_DATA_DIR", str(tmp_path))
-    task = manager(metadata={"data_file": "/nonexistent.jsonl"}).load(["mm_pubmedqa"])["tasks"][
-        "mm_pubmedqa"
-    ]
+def test_env_var_folder_is_the_fallback(manager, monkeypatch, tmp_path: Path):
+    _write_jsonl(tmp_path / "env" / "pubmedqa" / "test.jsonl", _records("pubmedqa", 2))
+    monkeypatch.setenv("MERGEMED_DATA_DIR", str(tmp_path / "env"))
+    task = manager().load(["mm_pubmedqa"])["tasks"]["mm_pubmedqa"]
     assert [d["id"] for d in task.eval_docs] == ["100", "101"]
     assert len(task.training_docs()) == 0  # no train.jsonl there: an empty few-shot split
+    # What mergemed passes (task metadata) wins over the process-wide variable.
+    _write_jsonl(tmp_path / "mine" / "pubmedqa" / "test.jsonl", _records("pubmedqa", 3))
+    mine = manager(metadata={"data_dir": str(tmp_path / "mine")})
+    assert len(mine.load(["mm_pubmedqa"])["tasks"]["mm_pubmedqa"].eval_docs) == 3
 
 
 def test_env_var_without_task_folder_falls_back(manager, monkeypatch, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Rich tables of an :class:`~mergemed.evaluate.runner.EvaluationReport` (the CLI prints
+"""Rich tables of an :class:`~mergemed.evaluation.runner.EvaluationReport` (the CLI prints
 them; nothing here computes a score)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from mergemed.evaluate.scores import Score
+from mergemed.evaluation.scores import Score
 
 
 def _cell(score: Score | None, signed: bool = False) -> str:

@@ -5,13 +5,15 @@
 domain gain, retention and forgetting with propagated standard errors.
 """
 
-from mergemed.evaluate.backends import BackendSettings
-from mergemed.evaluate.runner import EvaluationReport, ModelEvaluation, evaluate
-from mergemed.evaluate.scores import Score, TradeOff, summarise
-from mergemed.evaluate.store import ResultsStore
+from mergemed.evaluation.results import EvaluationReport, ModelEvaluation
+from mergemed.evaluation.runner import evaluate
+from mergemed.evaluation.scores import Score, TradeOff, summarise
+from mergemed.evaluation.settings import BackendSettings, EvalSettings
+from mergemed.evaluation.store import ResultsStore
 
 __all__ = [
     "BackendSettings",
+    "EvalSettings",
     "EvaluationReport",
     "ModelEvaluation",
     "ResultsStore",

@@ -73,3 +73,15 @@ def tokenizer_hash(folder: str | Path) -> str:
             digest.update(filename.encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over the names, sizes and modification times of a data folder's files (cheap:
+    nothing is read), so local task data that changes is a new result-store key."""
+    root = Path(folder)
+    digest = hashlib.sha256(str(root).encode() + b"\0")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        entry = f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+        digest.update(entry.encode())
+    return digest.hexdigest()
