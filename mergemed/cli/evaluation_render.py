@@ -75,12 +75,18 @@ def render_report(report: Any) -> list[Any]:
         for label in labels:
             summary.add_column(label, justify="right")
         summary.add_column("gain (M−I) / forgetting (I−M)", justify="right")
+        summary.add_column("paired test")
         for member in trade.members:
+            mark = "" if member.method != "independent" else " (indep.)"
+            test = member.test or "-"
+            if member.significant:
+                test += " *"
             summary.add_row(
                 member.name,
                 member.kind,
                 *[_cell(member.scores.get(label)) for label in labels],
-                _cell(member.change, signed=True),
+                _cell(member.change, signed=True) + mark,
+                test,
             )
         renderables.append(summary)
         lines = Text()
@@ -90,9 +96,15 @@ def render_report(report: Any) -> list[Any]:
             ("forgetting", trade.forgetting, True),
         ):
             if value is not None:
-                lines.append(f"{name}: {_cell(value, signed)}\n")
+                key = name.replace(" ", "_")
+                how = trade.methods.get(key)
+                lines.append(
+                    f"{name}: {_cell(value, signed)}" + (f"  ({how})" if how else "") + "\n"
+                )
         if lines:
             renderables.append(lines)
+    if getattr(report, "prompt_format", ""):
+        renderables.append(Text(f"prompt format: {report.prompt_format}"))
     notes = _skip_notes(report)
     if notes:
         renderables.append(notes)

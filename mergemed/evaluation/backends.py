@@ -120,6 +120,7 @@ def make_lm(
         return HFLM(pretrained=model, tokenizer=tokenizer, **arguments, **settings.extra)
     return HFLM(
         pretrained=str(folder),
+        tokenizer=tokenizer,
         device=settings.resolved_device(),
         dtype=settings.dtype,
         **arguments,

@@ -179,7 +179,7 @@ def build_lm(candidate: Candidate, backend: BackendSettings, tokenizer: Any) -> 
                 "in memory"
             )
         return make_lm(backend, model=candidate.model, tokenizer=tokenizer)
-    return make_lm(backend, folder=candidate.folder)
+    return make_lm(backend, folder=candidate.folder, tokenizer=tokenizer)
 
 
 def first_line(error: BaseException) -> str:

@@ -16,7 +16,7 @@ import functools
 import importlib.util
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -85,6 +85,7 @@ def lengths_that_fit(
     *,
     limit: float | None = None,
     data_dir: str | Path | None = None,
+    samples: Mapping[str, Sequence[int] | None] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Split the requested tasks into those to run and the long-context ones that do not fit.
 
@@ -101,6 +102,8 @@ def lengths_that_fit(
         max_length: the model's maximum (:func:`model_max_length`, or HFLM's ``max_length``).
         limit: lm-eval's ``limit``, if the evaluation will use one.
         data_dir: the evaluation's local data folder (the task reads ``<data_dir>/pubmedqa``).
+        samples: task -> the document indices that will run (mergemed's fair subsets), in
+            place of ``limit`` for the tasks it names.
 
     Returns:
         ``(kept, skipped)``: ``kept`` the task names to run, in order, the group expanded;
@@ -116,7 +119,12 @@ def lengths_that_fit(
             kept.append(task)
             continue
         tokens = prompt_tokens(
-            task, tokenizer, limit=limit, stop_above=max_length, data_dir=data_dir
+            task,
+            tokenizer,
+            limit=limit,
+            stop_above=max_length,
+            data_dir=data_dir,
+            indices=(samples or {}).get(task),
         )
         if tokens <= max_length:
             kept.append(task)
@@ -137,6 +145,7 @@ def prompt_tokens(
     limit: float | None = None,
     stop_above: int | None = None,
     data_dir: str | Path | None = None,
+    indices: Sequence[int] | None = None,
 ) -> int:
     """Tokens of the subtask's longest prompt plus a space and its longest answer.
 
@@ -144,7 +153,7 @@ def prompt_tokens(
     ``stop_above``, returns as soon as one prompt exceeds it: the largest count measured so
     far, a lower bound of the true maximum.
     """
-    prompts = _prompts_by_length(LENGTHS[task], limit, data_dir)
+    prompts = _prompts_by_length(LENGTHS[task], limit, data_dir, indices)
     # Every prompt ends with "\nAnswer:", so the answer adds the same tokens to each.
     head = _count(tokenizer, [prompts[0]])[0]
     extra = max(_count(tokenizer, [prompts[0] + " " + a])[0] for a in ANSWERS) - head
@@ -162,17 +171,27 @@ def _count(tokenizer: Any, texts: list[str]) -> list[int]:
 
 
 def _prompts_by_length(
-    target_length: int, limit: float | None, data_dir: str | Path | None
+    target_length: int,
+    limit: float | None,
+    data_dir: str | Path | None,
+    indices: Sequence[int] | None = None,
 ) -> tuple[str, ...]:
     # Keyed on the folder the data comes from as well.
-    return _sorted_prompts(target_length, limit, str(task_utils().data_dir(data_dir)))
+    folder = str(task_utils().data_dir(data_dir))
+    chosen = tuple(indices) if indices is not None else None
+    return _sorted_prompts(target_length, limit, folder, chosen)
 
 
 @functools.lru_cache(maxsize=8)
-def _sorted_prompts(target_length: int, limit: float | None, data_dir: str) -> tuple[str, ...]:
-    """The prompts lm-eval evaluates (the first ``limit``), longest in characters first."""
+def _sorted_prompts(
+    target_length: int, limit: float | None, data_dir: str, indices: tuple[int, ...] | None
+) -> tuple[str, ...]:
+    """The prompts lm-eval evaluates (those at ``indices``, else the first ``limit``),
+    longest in characters first."""
     docs = task_utils().build_docs(target_length, folder=data_dir)
-    if limit is not None:  # as lm-eval: a fraction below 1, else a count
+    if indices is not None:
+        docs = [docs[i] for i in indices]
+    elif limit is not None:  # as lm-eval: a fraction below 1, else a count
         docs = docs[: math.ceil(len(docs) * limit) if limit < 1 else int(limit)]
     return tuple(sorted((d["prompt"] for d in docs), key=len, reverse=True))
 

@@ -35,6 +35,19 @@ class ModelEvaluation:
             self.lm_eval["results"][task], self.lm_eval.get("configs", {}).get(task, {})
         )
 
+    def samples(self, task: str) -> tuple[list[int], list[Any]] | None:
+        """``(doc_ids, values)`` of the task's primary metric per document, or None when
+        per-sample results were not kept (results stored by an older mergemed)."""
+        per_sample = self.lm_eval.get("per_sample", {}).get(task) or {}
+        config = self.lm_eval.get("configs", {}).get(task) or {}
+        metrics = [m.get("metric") for m in config.get("metric_list") or [] if isinstance(m, dict)]
+        keys = [k for k in per_sample if k != "doc_id"]
+        for metric in [*metrics, None]:
+            for key in keys:
+                if metric is None or key.partition(",")[0] == metric:
+                    return list(per_sample["doc_id"]), list(per_sample[key])
+        return None
+
 
 @dataclass
 class EvaluationReport:
@@ -45,6 +58,8 @@ class EvaluationReport:
     trade_off: TradeOff
     seconds: float
     store_path: str | None
+    prompt_format: str = ""
+    """How the comparison's prompts were formatted (one line; see :mod:`prompt_format`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +83,7 @@ class EvaluationReport:
             "summary": self.trade_off.as_dict(),
             "seconds": round(self.seconds, 3),
             "results_store": self.store_path,
+            "prompt_format": self.prompt_format,
         }
 
 

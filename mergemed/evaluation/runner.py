@@ -13,11 +13,13 @@ task metadata, so two evaluations can run in one process at once.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,9 @@ from mergemed.evaluation.candidates import (
     unique_labels,
 )
 from mergemed.evaluation.identity import folder_fingerprint, tokenizer_hash
+from mergemed.evaluation.prompt_format import GENERATION, PromptFormat, decide, template_hash
 from mergemed.evaluation.results import EvaluationReport, ModelEvaluation
+from mergemed.evaluation.sampling import draw_sample, sample_fingerprint
 from mergemed.evaluation.scores import summarise
 from mergemed.evaluation.settings import EvalSettings, eval_settings
 from mergemed.evaluation.store import ResultKey, ResultsStore, default_store_path, settings_hash
@@ -108,6 +112,7 @@ def evaluate(
     members = resolve_members(manager, settings.suites, settings.tasks, declared)
     members = _expand_groups(manager, members)
     results_store = _open_store(store)
+    samples = SubsetDraws(manager, settings)
 
     candidates = [
         load_candidate(model, "merged", tokenizer, settings.backend, settings.allow_pickle)
@@ -118,10 +123,15 @@ def evaluate(
 
     evaluations: list[ModelEvaluation] = []
     try:
+        prompt_format = decide(
+            settings.chat_template,
+            [(c.label, c.role, load_tokenizer(c, settings.backend)) for c in candidates],
+        )
+        comparison = Comparison(
+            settings, manager, members, samples, prompt_format, results_store, emit
+        )
         for candidate in candidates:
-            evaluations.append(
-                _evaluate_one(candidate, settings, members, manager, results_store, emit)
-            )
+            evaluations.append(_evaluate_one(candidate, comparison))
     finally:
         for candidate in candidates:
             candidate.close()
@@ -132,6 +142,7 @@ def evaluate(
         trade_off=_trade_off(evaluations, members),
         seconds=time.time() - started,
         store_path=str(results_store.path) if results_store else None,
+        prompt_format=prompt_format.describe(),
     )
     if json_path is not None:
         _write_json(Path(json_path), report.as_dict())
@@ -156,6 +167,15 @@ def _trade_off(evaluations: list[ModelEvaluation], members: list[Member]) -> Any
         for e in evaluations
     }
     by_role = {e.role: e.label for e in evaluations}
+    per_sample = {
+        e.label: {
+            task: pairs
+            for member in members
+            for task in member.tasks
+            if (pairs := e.samples(task)) is not None
+        }
+        for e in evaluations
+    }
     return summarise(
         task_scores,
         domain={m.name: m.tasks for m in scored_members if m.kind == "domain" and m.tasks},
@@ -163,11 +183,34 @@ def _trade_off(evaluations: list[ModelEvaluation], members: list[Member]) -> Any
         merged=evaluations[0].label,
         clinical=by_role.get("clinical"),
         instruct=by_role.get("instruct"),
+        per_sample=per_sample,
     )
 
 
 # --------------------------------------------------------------------------------------------
 # Tasks
+
+
+class SubsetDraws:
+    """The documents each task runs under ``--limit``, drawn once per evaluation so every
+    model answers the same ones (see :mod:`mergemed.evaluation.sampling`)."""
+
+    def __init__(self, manager: Any, settings: EvalSettings):
+        self.manager = manager
+        self.settings = settings
+        self.drawn: dict[str, list[int] | None] = {}
+
+    def __call__(self, task: str) -> list[int] | None:
+        """The task's document indices, or None for all of them."""
+        if self.settings.limit is None:
+            return None
+        if task not in self.drawn:
+            try:
+                loaded = self.manager.load([task])["tasks"][task]
+            except Exception as error:  # the task's data loader: state it in one line
+                raise _task_error(task, error) from None
+            self.drawn[task] = draw_sample(loaded, self.settings.limit, self.settings.sample_seed)
+        return self.drawn[task]
 
 
 def _expand_groups(manager: Any, members: list[Member]) -> list[Member]:
@@ -205,7 +248,11 @@ def _has_local_data(manager: Any, task: str, data_dir: Path | None) -> bool:
 
 
 def _skip_reasons(
-    candidate: Candidate, settings: EvalSettings, members: list[Member], manager: Any
+    candidate: Candidate,
+    settings: EvalSettings,
+    members: list[Member],
+    manager: Any,
+    samples: SubsetDraws,
 ) -> dict[str, str]:
     reasons: dict[str, str] = {}
     data_dir = _data_dir(settings)
@@ -228,13 +275,12 @@ def _skip_reasons(
     if long_context:
         from mergemed.evaluation.longctx import lengths_that_fit
 
-        limit = settings.limit
         _, skipped = lengths_that_fit(
             long_context,
             load_tokenizer(candidate, settings.backend),
             max_length(candidate, settings.backend),
-            limit=int(limit) if limit is not None and limit >= 1 else None,
             data_dir=data_dir,
+            samples={task: samples(task) for task in long_context},
         )
         for task, reason in dict(skipped).items():
             reasons.setdefault(task, reason.removeprefix(f"{task}: ").removesuffix("; skipped"))
@@ -245,29 +291,43 @@ def _skip_reasons(
 # Running
 
 
-def _uses_chat_template(candidate: Candidate, settings: EvalSettings, tokenizer: Any) -> bool:
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if settings.chat_template == "on" and not has_template:
-        raise MergemedError(
-            f"{candidate.source}: --chat-template on, but the tokenizer has no chat template"
-        )
-    return settings.chat_template == "on" or (settings.chat_template == "auto" and has_template)
+@dataclass
+class Comparison:
+    """What every model of one evaluation shares: settings, tasks, document samples, the
+    prompt format and where results go."""
+
+    settings: EvalSettings
+    manager: Any
+    members: list[Member]
+    samples: SubsetDraws
+    prompt_format: PromptFormat
+    store: ResultsStore | None
+    emit: EventCallback
 
 
-def _evaluate_one(
-    candidate: Candidate,
-    settings: EvalSettings,
-    members: list[Member],
-    manager: Any,
-    store: ResultsStore | None,
-    emit: EventCallback,
-) -> ModelEvaluation:
+def _output_type(manager: Any, task: str) -> str:
+    entry = manager.task_index.get(task)
+    return str(((entry.cfg if entry else None) or {}).get("output_type", GENERATION))
+
+
+def _prompting_tokenizer(candidate: Candidate, tokenizer: Any, template: str | None) -> Any:
+    """The tokenizer lm-eval prompts with: the model's own, or a copy carrying the
+    comparison's chat template (the model's files and the caller's object stay as they are)."""
+    if template is None or getattr(tokenizer, "chat_template", None) == template:
+        return tokenizer
+    prompting = copy.deepcopy(tokenizer)
+    prompting.chat_template = template
+    return prompting
+
+
+def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluation:
+    settings, manager, members = comparison.settings, comparison.manager, comparison.members
+    samples, store, emit = comparison.samples, comparison.store, comparison.emit
     tokenizer = load_tokenizer(candidate, settings.backend)
-    use_template = _uses_chat_template(candidate, settings, tokenizer)
+    own_template = getattr(tokenizer, "chat_template", None) or None
     data_dir = _data_dir(settings)
     base_settings: dict[str, Any] = {
         "lm_eval": _version("lm_eval"),
-        **settings.score_settings(chat_template=use_template),
         "data_dir": folder_fingerprint(data_dir) if data_dir is not None else None,
         "tokenizer_sha256": tokenizer_hash(candidate.tokenizer_folder)
         if candidate.tokenizer_folder
@@ -280,7 +340,7 @@ def _evaluate_one(
         weights_hash=candidate.weights_hash,
         settings=base_settings,
     )
-    evaluation.skipped = _skip_reasons(candidate, settings, members, manager)
+    evaluation.skipped = _skip_reasons(candidate, settings, members, manager, samples)
     for task, reason in evaluation.skipped.items():
         emit("skip", {"label": candidate.label, "task": task, "reason": reason})
     # Members' tasks are disjoint after expansion, but keep order and drop repeats.
@@ -289,12 +349,23 @@ def _evaluate_one(
 
     keys: dict[str, tuple[ResultKey, dict[str, Any]]] = {}
     blocks: dict[str, dict[str, Any]] = {}
+    templated: dict[str, bool] = {}
+    template = comparison.prompt_format.template_for(own_template)
     for task in wanted:
-        task_settings = dict(base_settings)
+        templated[task] = comparison.prompt_format.uses_template(
+            _output_type(manager, task), own_template
+        )
+        task_settings = {
+            **base_settings,
+            **settings.score_settings(chat_template=templated[task]),
+            "chat_template_sha256": template_hash(template) if templated[task] else None,
+        }
         if "needs_punkt" in task_flags(manager, task, member_of[task]):
             from mergemed.evaluation.punkt import ensure_punkt
 
             task_settings["punkt"] = ensure_punkt()
+        if settings.limit is not None:
+            task_settings["sample"] = sample_fingerprint(samples(task))
         key = ResultKey(
             candidate.weights_hash,
             task,
@@ -308,12 +379,24 @@ def _evaluate_one(
     missing = [t for t in wanted if t not in blocks]
     emit("model", {"label": candidate.label, "cached": evaluation.cached, "missing": missing})
 
+    evaluation.settings.update(settings.score_settings(chat_template=any(templated.values())))
+    evaluation.settings["chat_template_tasks"] = [t for t in wanted if templated[t]]
     if missing:
-        lm = build_lm(candidate, settings.backend, tokenizer)
+        prompting = _prompting_tokenizer(candidate, tokenizer, template)
+        if prompting is not tokenizer and settings.backend.backend == "vllm":
+            raise MergemedError(
+                f"{candidate.source}: --backend vllm prompts with the model's own chat "
+                "template, not the comparison's; use --chat-template per-model or off"
+            )
+        lm = build_lm(candidate, settings.backend, prompting)
         for task in missing:
             emit("task_start", {"label": candidate.label, "task": task})
             begin = time.time()
-            output = _run_task(lm, task, manager, settings.lm_eval_arguments(use_template))
+            arguments = {
+                **settings.lm_eval_arguments(templated[task]),
+                "samples": {task: indices} if (indices := samples(task)) is not None else None,
+            }
+            output = _run_task(lm, task, manager, arguments)
             seconds = time.time() - begin
             block = _task_block(output, task)
             blocks[task] = block
@@ -337,6 +420,7 @@ def _add_block(evaluation: ModelEvaluation, task: str, block: Mapping[str, Any])
         ("n-samples", "n-samples"),
         ("configs", "config"),
         ("higher_is_better", "higher_is_better"),
+        ("per_sample", "per_sample"),
     ):
         if name in block:
             evaluation.lm_eval.setdefault(section, {})[task] = block[name]
@@ -347,21 +431,29 @@ def _run_task(lm: Any, task: str, manager: Any, arguments: Mapping[str, Any]) ->
 
     try:
         output = lm_eval.simple_evaluate(
-            model=lm, tasks=[task], task_manager=manager, log_samples=False, **arguments
+            model=lm, tasks=[task], task_manager=manager, log_samples=True, **arguments
         )
     except MergemedError:
         raise
     except Exception as error:  # lm-eval and datasets raise many kinds; state it in one line
-        if os.environ.get("MERGEMED_DEBUG"):
-            _redact_message(error)  # the traceback for debugging, without secrets
-            raise
-        raise MergemedError(
-            redact(f"task {task}: {type(error).__name__}: {first_line(error)}")
-            + " (MERGEMED_DEBUG=1 shows the traceback)"
-        ) from None
+        raise _task_error(task, error) from None
     if output is None or task not in output.get("results", {}):
         raise MergemedError(f"task {task}: lm-eval returned no result")
     return output
+
+
+def _task_error(task: str, error: Exception) -> Exception:
+    """What to raise for an error inside lm-eval or a task: one redacted line, or (with
+    ``MERGEMED_DEBUG``) the error itself with its traceback and its secrets masked."""
+    if isinstance(error, MergemedError):
+        return error
+    if os.environ.get("MERGEMED_DEBUG"):
+        _redact_message(error)
+        return error
+    return MergemedError(
+        redact(f"task {task}: {type(error).__name__}: {first_line(error)}")
+        + " (MERGEMED_DEBUG=1 shows the traceback)"
+    )
 
 
 def _redact_message(error: BaseException) -> None:
@@ -379,8 +471,25 @@ def _task_block(output: Mapping[str, Any], task: str) -> dict[str, Any]:
         "n-samples": output.get("n-samples", {}).get(task),
         "config": output.get("configs", {}).get(task),
         "higher_is_better": output.get("higher_is_better", {}).get(task),
+        "per_sample": per_sample_scores(output.get("samples", {}).get(task) or []),
     }
     return json.loads(json.dumps(block, default=str))
+
+
+def per_sample_scores(logged: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """lm-eval's logged samples reduced to what paired statistics need: ``doc_id`` and, per
+    ``metric,filter``, each document's value (in ``doc_id`` order; prompts and responses are
+    not kept)."""
+    by_filter: dict[str, list[Mapping[str, Any]]] = {}
+    for sample in logged:
+        by_filter.setdefault(str(sample.get("filter", "none")), []).append(sample)
+    scores: dict[str, list[Any]] = {}
+    for filter_name, rows in by_filter.items():
+        rows = sorted(rows, key=lambda r: r["doc_id"])
+        scores.setdefault("doc_id", [r["doc_id"] for r in rows])
+        for metric in rows[0].get("metrics", []) if rows else []:
+            scores[f"{metric},{filter_name}"] = [r.get(metric) for r in rows]
+    return scores
 
 
 # --------------------------------------------------------------------------------------------

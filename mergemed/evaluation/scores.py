@@ -77,6 +77,13 @@ class TaskComparison:
     scores: dict[str, Score]
     change: Score | None = None
     """domain: M − I (gain); general: I − M (forgetting); None without both models."""
+    method: str | None = None
+    """How ``change``'s stderr was computed: ``paired`` (same documents, per-sample
+    differences) or ``independent`` (sqrt(se_a² + se_b²))."""
+    test: str | None = None
+    """The paired test of ``change`` ≠ 0 (McNemar for 0/1 scores, else a paired bootstrap)."""
+    significant: bool | None = None
+    """Whether ``test`` rejects "no difference" at the 5% level."""
 
 
 @dataclass
@@ -92,6 +99,8 @@ class TradeOff:
     domain_retention: Score | None = None
     forgetting: Score | None = None
     members: list[TaskComparison] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)
+    """How each summary figure's stderr was computed, and which tasks or members it holds."""
 
     def as_dict(self) -> dict:
         def plain(score: Score | None):
@@ -106,12 +115,16 @@ class TradeOff:
             "domain_gain": plain(self.domain_gain),
             "domain_retention": plain(self.domain_retention),
             "forgetting": plain(self.forgetting),
+            "methods": self.methods,
             "per_task": [
                 {
                     "task": m.name,
                     "kind": m.kind,
                     "scores": {k: plain(v) for k, v in m.scores.items()},
                     "gain" if m.kind == "domain" else "forgetting": plain(m.change),
+                    "method": m.method,
+                    "test": m.test,
+                    "significant": m.significant,
                 }
                 for m in self.members
             ],
@@ -126,6 +139,7 @@ def summarise(
     merged: str,
     clinical: str | None = None,
     instruct: str | None = None,
+    per_sample: PerSample | None = None,
 ) -> TradeOff:
     """Build the trade-off figures.
 
@@ -134,9 +148,13 @@ def summarise(
         domain: domain suite members -> their tasks (a plain task maps to ``[itself]``).
         general: the same for general-ability (forgetting) members.
         merged, clinical, instruct: model labels of M, C and I (C and I optional).
+        per_sample: model label -> task -> ``(doc_ids, values)`` of the primary metric;
+            where two models have them on the same documents, their differences are paired.
 
     A member counts for a model only if all of its tasks were scored for that model; suite
-    figures comparing two models use the members both have.
+    figures comparing two models use the members both have. The domain score is the plain
+    mean of its tasks (as the Open Medical-LLM Leaderboard averages its nine); the general
+    score the mean of its members.
     """
     result = TradeOff(merged=merged, clinical=clinical, instruct=instruct)
     member_scores: dict[str, dict[str, Score]] = {label: {} for label in task_scores}
@@ -151,15 +169,15 @@ def summarise(
                 continue
             comparison = TaskComparison(member, kind, scores)
             if instruct in scores and merged in scores:
-                comparison.change = (
-                    difference(scores[merged], scores[instruct])
-                    if kind == "domain"
-                    else difference(scores[instruct], scores[merged])
-                )
+                first, second = (merged, instruct) if kind == "domain" else (instruct, merged)
+                _compare(comparison, first, second, tasks, task_scores, per_sample or {})
             result.members.append(comparison)
 
     def suite(label: str, members: Mapping[str, Sequence[str]], among: set[str]) -> Score | None:
-        chosen = [member_scores[label][m] for m in members if m in among]
+        if members is domain:  # the Leaderboard's average: every task counts once
+            chosen = [task_scores[label][t] for m in members if m in among for t in members[m]]
+        else:
+            chosen = [member_scores[label][m] for m in members if m in among]
         return mean(chosen) if chosen else None
 
     labels = list(task_scores)
@@ -175,16 +193,96 @@ def summarise(
             return set()
         return set(member_scores[first]) & set(member_scores[second]) & set(members)
 
+    samples = per_sample or {}
     if common := shared(merged, instruct, domain):
-        result.domain_gain = difference(
-            suite(merged, domain, common), suite(instruct, domain, common)
+        tasks = [t for m in domain if m in common for t in domain[m]]
+        result.domain_gain, method = _suite_change(
+            merged, instruct, {t: [t] for t in tasks}, task_scores, samples
         )
+        result.methods["domain_gain"] = f"{method}; plain mean of tasks: {', '.join(tasks)}"
     if common := shared(merged, clinical, domain):
         result.domain_retention = ratio(
             suite(merged, domain, common), suite(clinical, domain, common)
         )
+        result.methods["domain_retention"] = "independent (delta method) over the same tasks"
     if common := shared(merged, instruct, general):
-        result.forgetting = difference(
-            suite(instruct, general, common), suite(merged, general, common)
-        )
+        chosen = {m: general[m] for m in general if m in common}
+        result.forgetting, method = _suite_change(instruct, merged, chosen, task_scores, samples)
+        result.methods["forgetting"] = f"{method}; mean of members: {', '.join(chosen)}"
     return result
+
+
+PerSample = Mapping[str, Mapping[str, tuple[Sequence[int], Sequence[float]]]]
+"""model label -> task -> (document ids, per-document primary metric)."""
+
+
+def _paired_values(
+    first: str, second: str, task: str, per_sample: PerSample
+) -> tuple[list[float], list[float]] | None:
+    """Both models' per-document values of ``task`` when they are on the same documents and
+    numeric (booleans count as 0/1), else None."""
+    a = per_sample.get(first, {}).get(task)
+    b = per_sample.get(second, {}).get(task)
+    if a is None or b is None or list(a[0]) != list(b[0]) or len(a[0]) < 2:
+        return None
+    values = []
+    for series in (a[1], b[1]):
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in series):
+            return None
+        values.append([float(v) for v in series])
+    return values[0], values[1]
+
+
+def _member_change(
+    first: str, second: str, tasks: Sequence[str], task_scores, per_sample: PerSample
+) -> tuple[Score, str, tuple[list[float], list[float]] | None]:
+    """first − second on a member (mean of its tasks): paired when every task has per-sample
+    values on the same documents, else independent. Also the pooled pairs, for a test."""
+    from mergemed.evaluation.paired import paired_mean_of_differences
+
+    pairs = {t: _paired_values(first, second, t, per_sample) for t in tasks}
+    if all(p is not None for p in pairs.values()):
+        pooled = (
+            [v for t in tasks for v in pairs[t][0]],
+            [v for t in tasks for v in pairs[t][1]],
+        )
+        return paired_mean_of_differences(pairs), "paired", pooled
+    first_score = mean([task_scores[first][t] for t in tasks])
+    second_score = mean([task_scores[second][t] for t in tasks])
+    return difference(first_score, second_score), "independent", None
+
+
+def _compare(
+    comparison: TaskComparison,
+    first: str,
+    second: str,
+    tasks: Sequence[str],
+    task_scores,
+    per_sample: PerSample,
+) -> None:
+    from mergemed.evaluation.paired import mcnemar, paired_bootstrap, significant
+
+    comparison.change, comparison.method, pooled = _member_change(
+        first, second, tasks, task_scores, per_sample
+    )
+    if pooled is None:
+        return
+    binary = all(v in (0.0, 1.0) for series in pooled for v in series)
+    test = mcnemar(*pooled) if binary else paired_bootstrap(*pooled, iterations=2000)
+    comparison.test = test.describe()
+    comparison.significant = significant(test)
+
+
+def _suite_change(
+    first: str,
+    second: str,
+    members: Mapping[str, Sequence[str]],
+    task_scores,
+    per_sample: PerSample,
+) -> tuple[Score, str]:
+    """first − second over a suite (mean of its members' changes). Members are different
+    questions, so their changes combine as independent: sqrt(Σ se²)/k."""
+    changes = [_member_change(first, second, t, task_scores, per_sample) for t in members.values()]
+    methods = {method for _, method, _ in changes}
+    label = methods.pop() if len(methods) == 1 else "paired where available"
+    return mean([score for score, _, _ in changes]), label

@@ -128,11 +128,16 @@ class EvalSettings(_Settings):
         (), description="Comma-separated lm-eval task, group or tag names."
     )
     limit: float | None = Field(
-        None, description="Examples per task: a whole number, or a fraction below 1."
+        None,
+        description="Examples per task: a whole number, or a fraction below 1; a seeded "
+        "sample, stratified by label for classification tasks, the same for every model.",
     )
+    sample_seed: int = Field(1234, description="Seed of the --limit sample.")
     num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples.")
-    chat_template: Literal["auto", "on", "off"] = Field(
-        "auto", description="auto (when the tokenizer has one), on or off."
+    chat_template: Literal["auto", "on", "off", "per-model"] = Field(
+        "auto",
+        description="One format per comparison: auto (log-likelihood tasks plain, generation "
+        "tasks with the instruct parent's template), on, off, or per-model (mixed).",
     )
     gen_kwargs: str | None = Field(None, description="Generation settings, e.g. max_gen_toks=256.")
     include: tuple[Path, ...] = Field((), description="Folder of your own lm-eval tasks (repeat).")
@@ -182,9 +187,9 @@ class EvalSettings(_Settings):
         return self
 
     def lm_eval_arguments(self, apply_chat_template: bool) -> dict[str, Any]:
-        """Keyword arguments of ``lm_eval.simple_evaluate`` besides model and tasks."""
+        """Keyword arguments of ``lm_eval.simple_evaluate`` besides model, tasks and the
+        documents to run (``samples``: the runner draws them, see :mod:`sampling`)."""
         return {
-            "limit": self.limit,
             "num_fewshot": self.num_fewshot,
             "apply_chat_template": apply_chat_template,
             "gen_kwargs": self.gen_kwargs,
@@ -200,9 +205,11 @@ class EvalSettings(_Settings):
         weights, tokenizer and the task's definition are keyed separately)."""
         arguments = self.lm_eval_arguments(chat_template)
         arguments["chat_template"] = arguments.pop("apply_chat_template")
+        subset = {"limit": self.limit, "sample_seed": self.sample_seed} if self.limit else {}
         return {
             **self.backend.key(),
             **arguments,
+            **subset,
             "data_dir": str(self.data_dir) if self.data_dir is not None else None,
         }
 

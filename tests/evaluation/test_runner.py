@@ -26,9 +26,10 @@ pytestmark = pytest.mark.slow
 
 
 def direct_lm_eval(
-    folder: Path, task: str, *, chat: bool, limit: int = LIMIT, gen_kwargs: str | None = None
+    folder: Path, task: str, *, chat: bool, doc_ids: list[int], gen_kwargs: str | None = None
 ) -> dict:
-    """What a user gets calling lm-eval directly with the settings mergemed uses on a CPU."""
+    """What a user gets calling lm-eval directly, on the same documents, with the settings
+    mergemed uses on a CPU: the task's result block and each document's primary metric."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -37,12 +38,24 @@ def direct_lm_eval(
         model=lm,
         tasks=[task],
         task_manager=task_manager(),  # lm-eval's TaskManager over evaluations/
-        limit=limit,
+        samples={task: doc_ids},
         apply_chat_template=chat,
         gen_kwargs=gen_kwargs,
-        log_samples=False,
     )
-    return output["results"][task]
+    logged = sorted(output["samples"][task], key=lambda s: s["doc_id"])
+    metric = logged[0]["metrics"][0]
+    return {"results": output["results"][task], metric: [s[metric] for s in logged]}
+
+
+def same_as_lm_eval(model, task: str, folder: Path, *, chat: bool, **kwargs) -> dict:
+    """Check one model's result against lm-eval's on its documents; returns mergemed's."""
+    ours = model.lm_eval["results"][task]
+    per_sample = model.lm_eval["per_sample"][task]
+    direct = direct_lm_eval(folder, task, chat=chat, doc_ids=per_sample["doc_id"], **kwargs)
+    assert ours == direct["results"]
+    metric = next(k for k in direct if k != "results")
+    assert per_sample[f"{metric},none"] == direct[metric]  # per-sample scores equal
+    return ours
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +89,9 @@ def test_scores_equal_a_direct_lm_eval_call(tiny_eval_models, chat: bool) -> Non
         chat_template="on" if chat else "off",
         store=False,
     )
-    ours = report.models[0].lm_eval["results"][PUBMEDQA]
-    assert ours == direct_lm_eval(instruct, PUBMEDQA, chat=chat)
+    same_as_lm_eval(report.models[0], PUBMEDQA, instruct, chat=chat)
     assert report.models[0].settings["chat_template"] is chat
+    assert len(report.models[0].lm_eval["per_sample"][PUBMEDQA]["doc_id"]) == LIMIT
 
 
 def test_ifeval_med_scores_equal_a_direct_lm_eval_call(tiny_eval_models) -> None:
@@ -87,11 +100,9 @@ def test_ifeval_med_scores_equal_a_direct_lm_eval_call(tiny_eval_models) -> None
     report = evaluate(
         instruct, tasks=["ifeval_med"], limit=4, gen_kwargs="max_gen_toks=24", store=False
     )
-    ours = report.models[0].lm_eval["results"]["ifeval_med"]
-    direct = direct_lm_eval(
-        instruct, "ifeval_med", chat=True, limit=4, gen_kwargs="max_gen_toks=24"
+    ours = same_as_lm_eval(
+        report.models[0], "ifeval_med", instruct, chat=True, gen_kwargs="max_gen_toks=24"
     )
-    assert ours == direct
     assert {"prompt_level_strict_acc,none", "inst_level_loose_acc,none"} <= set(ours)
     assert report.models[0].settings["chat_template"] is True
 
@@ -136,9 +147,13 @@ def test_store_reuses_unchanged_weights_and_recomputes_after_one_value_changes(
 def test_changing_a_setting_is_a_new_result(tiny_eval_models, tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "results.sqlite")
     evaluate(tiny_eval_models[0], tasks=[PUBMEDQA], limit=4, store=store, chat_template="off")
-    other = evaluate(tiny_eval_models[0], tasks=[PUBMEDQA], limit=4, store=store)
+    other = evaluate(
+        tiny_eval_models[0], tasks=[PUBMEDQA], limit=4, store=store, chat_template="on"
+    )
     assert other.models[0].settings["chat_template"] is True
     assert other.models[0].evaluated == [PUBMEDQA] and len(store) == 2
+    reseeded = evaluate(tiny_eval_models[0], tasks=[PUBMEDQA], limit=4, store=store, sample_seed=7)
+    assert reseeded.models[0].evaluated == [PUBMEDQA] and len(store) == 3
 
 
 def test_parents_give_gain_and_forgetting(tiny_eval_models, recipe: Path, tmp_path) -> None:

@@ -55,21 +55,24 @@ def test_summary_figures_equal_their_formulas() -> None:
         clinical="clinical",
         instruct="instruct",
     )
-    # A group counts once: mmlu_medical = mean of its two subjects.
-    mmlu_se = math.sqrt(0.04**2 + 0.04**2) / 2
-    domain_m = (0.60 + 0.60) / 2  # pubmedqa 0.60, mmlu_medical (0.5 + 0.7) / 2
-    domain_i = (0.50 + 0.50) / 2
-    domain_c = (0.64 + 0.64) / 2
-    suite_se = math.sqrt(0.02**2 + mmlu_se**2) / 2
+    # The domain score is the Leaderboard's average: the plain mean of its three tasks.
+    domain_m = (0.60 + 0.50 + 0.70) / 3
+    domain_i = (0.50 + 0.40 + 0.60) / 3
+    domain_c = (0.64 + 0.56 + 0.72) / 3
+    suite_se = math.sqrt(0.02**2 + 0.04**2 + 0.04**2) / 3
     assert trade.domain["merged"].value == pytest.approx(domain_m)
     assert trade.domain["merged"].stderr == pytest.approx(suite_se)
     assert trade.domain_gain.value == pytest.approx(domain_m - domain_i)
-    assert trade.domain_gain.stderr == pytest.approx(math.hypot(suite_se, suite_se))
+    # No per-sample results: the independent formula, per task, then averaged.
+    task_se = [math.hypot(se, se) for se in (0.02, 0.04, 0.04)]
+    assert trade.domain_gain.stderr == pytest.approx(math.sqrt(sum(x**2 for x in task_se)) / 3)
+    assert trade.methods["domain_gain"].startswith("independent; plain mean of tasks")
     assert trade.domain_retention.value == pytest.approx(domain_m / domain_c)
     expected_se = math.hypot(suite_se / domain_c, domain_m * suite_se / domain_c**2)
     assert trade.domain_retention.stderr == pytest.approx(expected_se)
     assert trade.forgetting.value == pytest.approx(0.45 - 0.30)
     assert trade.forgetting.stderr == pytest.approx(math.hypot(0.05, 0.05))
+    # A member still counts its group once: mmlu_medical = mean of its two subjects.
     per_member = {m.name: m for m in trade.members}
     assert per_member["pubmedqa"].change.value == pytest.approx(0.10)
     assert per_member["mmlu_medical"].change.value == pytest.approx(0.10)
@@ -100,3 +103,52 @@ def test_primary_score_follows_the_metric_list() -> None:
     assert primary_score(block, config) == Score(0.25, 0.1)
     only_inst = {"metric_list": [{"metric": "inst_level_strict_acc"}]}
     assert primary_score(block, only_inst) == Score(0.5, None)
+
+
+def test_per_sample_results_give_paired_changes_and_a_test() -> None:
+    """Same documents for both models: the change's stderr is the paired one (closed form:
+    sd of the differences / sqrt(n)) and McNemar judges it; far below the independent one."""
+    import statistics
+
+    n = 40
+    instruct = [1.0 if i % 4 else 0.0 for i in range(n)]  # 30 right
+    merged = [1.0 if (i % 4 or i < 8) else 0.0 for i in range(n)]  # the same + 2 more right
+    docs = list(range(n))
+    table = {
+        "merged": {"pubmedqa": Score(sum(merged) / n, 0.07)},
+        "instruct": {"pubmedqa": Score(sum(instruct) / n, 0.07)},
+    }
+    per_sample = {
+        "merged": {"pubmedqa": (docs, merged)},
+        "instruct": {"pubmedqa": (docs, instruct)},
+    }
+    trade = summarise(
+        table,
+        domain={"pubmedqa": ["pubmedqa"]},
+        general={},
+        merged="merged",
+        instruct="instruct",
+        per_sample=per_sample,
+    )
+    differences = [a - b for a, b in zip(merged, instruct, strict=True)]
+    paired_se = statistics.stdev(differences) / math.sqrt(n)
+    member = trade.members[0]
+    assert member.method == "paired"
+    assert member.change.value == pytest.approx(2 / n)
+    assert member.change.stderr == pytest.approx(paired_se)
+    assert member.change.stderr < math.hypot(0.07, 0.07) / 2
+    assert member.test == "McNemar exact, b=2 c=0, p=0.5" and member.significant is False
+    assert trade.domain_gain.stderr == pytest.approx(paired_se)
+    assert trade.methods["domain_gain"].startswith("paired")
+    # Different documents: no pairing, the independent formula.
+    per_sample["instruct"]["pubmedqa"] = ([d + 1 for d in docs], instruct)
+    unpaired = summarise(
+        table,
+        domain={"pubmedqa": ["pubmedqa"]},
+        general={},
+        merged="merged",
+        instruct="instruct",
+        per_sample=per_sample,
+    )
+    assert unpaired.members[0].method == "independent" and unpaired.members[0].test is None
+    assert unpaired.members[0].change.stderr == pytest.approx(math.hypot(0.07, 0.07))

@@ -63,6 +63,7 @@ def test_options_fold_into_the_settings_and_tasks_split_on_commas() -> None:
 
 SCORING_CHANGES = [
     {"limit": 7},
+    {"sample_seed": 9},
     {"num_fewshot": 2},
     {"gen_kwargs": "max_gen_toks=8"},
     {"bootstrap_iters": 10},
@@ -103,7 +104,6 @@ def test_settings_that_cannot_change_a_score_keep_the_key(change: dict) -> None:
 def test_lm_eval_arguments_are_the_settings() -> None:
     settings = eval_settings(tasks=["t"], limit=0.5, num_fewshot=1, gen_kwargs="x=1")
     assert settings.lm_eval_arguments(True) == {
-        "limit": 0.5,
         "num_fewshot": 1,
         "apply_chat_template": True,
         "gen_kwargs": "x=1",
