@@ -9,6 +9,8 @@ Both corpora are cut into documents the same way:
    into pieces of at most ``MAX_CHARS`` (only a few long dictionary entries are);
 3. units are packed in order into documents, joined by a blank line: a document is closed as
    soon as it reaches ``MIN_CHARS``, or before a unit that would take it past ``MAX_CHARS``;
+   a document still under ``MIN_CHARS // 2`` at that point is instead filled from that unit,
+   cut as in step 2 (:func:`cut`), and the rest of the unit starts the next document;
 4. documents are numbered from 0 and every ``STRIDE``-th one (``index % STRIDE == STRIDE - 1``)
    is *held out*: those are the evaluation documents, written to ``<task>.jsonl``.
 
