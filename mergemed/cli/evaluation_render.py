@@ -57,7 +57,8 @@ def render_report(report: Any) -> list[Any]:
     for label in labels:
         table.add_column(f"{label}\n({roles[label]})", justify="right")
     for member in report.members:
-        for task in member.tasks:
+        baseline = getattr(member, "baseline", None)
+        for task in (*member.tasks, baseline) if baseline else member.tasks:
             scores = [m.score(task) for m in report.models]
             if all(s is None for s in scores):
                 continue
@@ -105,6 +106,15 @@ def render_report(report: Any) -> list[Any]:
             renderables.append(lines)
     if getattr(report, "prompt_format", ""):
         renderables.append(Text(f"prompt format: {report.prompt_format}"))
+    adapted: dict[tuple[str, str], list[str]] = {}
+    for model in report.models:
+        for task, note in getattr(model, "notes", {}).items():
+            adapted.setdefault((task, note), []).append(model.label)
+    if adapted:
+        text = Text()
+        for (task, note), labels_with in adapted.items():
+            text.append(f"note: {task}: {note} ({', '.join(labels_with)})\n")
+        renderables.append(text)
     notes = _skip_notes(report)
     if notes:
         renderables.append(notes)

@@ -92,6 +92,11 @@ def make_lm(
                 "--backend vllm: vLLM loads models from a folder; write the merge first "
                 "(mergemed merge) or use --backend hf for in-memory evaluation"
             )
+        if settings.data_parallel_size > 1 and importlib.util.find_spec("ray") is None:
+            raise MergemedError(
+                f"--data-parallel-size {settings.data_parallel_size}: vLLM runs data-parallel "
+                "workers with ray, which is not installed; pip install 'mergemed[vllm]'"
+            )
         from lm_eval.models.vllm_causallms import VLLM
 
         arguments: dict[str, Any] = {

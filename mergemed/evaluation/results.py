@@ -25,6 +25,8 @@ class ModelEvaluation:
     cached: list[str] = field(default_factory=list)
     evaluated: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    """task -> what was adapted or is worth knowing (capped new tokens, truncated prompts)."""
     settings: dict[str, Any] = field(default_factory=dict)
 
     def score(self, task: str) -> Score | None:
@@ -72,6 +74,7 @@ class EvaluationReport:
                     "cached_tasks": m.cached,
                     "evaluated_tasks": m.evaluated,
                     "skipped_tasks": m.skipped,
+                    "notes": m.notes,
                     "lm_eval": m.lm_eval,
                 }
                 for m in self.models

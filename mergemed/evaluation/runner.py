@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from mergemed.evaluation.candidates import (
     parse_against,
     unique_labels,
 )
+from mergemed.evaluation.fit import Fit, check_fit, token_counter
 from mergemed.evaluation.identity import folder_fingerprint, tokenizer_hash
 from mergemed.evaluation.prompt_format import GENERATION, PromptFormat, decide, template_hash
 from mergemed.evaluation.results import EvaluationReport, ModelEvaluation
@@ -46,6 +47,7 @@ from mergemed.evaluation.suites import (
     leaf_tasks,
     local_data_name,
     resolve_members,
+    sample_group,
     suites,
     task_flags,
     task_manager,
@@ -130,6 +132,12 @@ def evaluate(
         comparison = Comparison(
             settings, manager, members, samples, prompt_format, results_store, emit
         )
+        # Everything that needs only tokenizers and configs, for every model, before any
+        # model is loaded: skips, and the new-token caps (one per task for the comparison).
+        for candidate in candidates:
+            comparison.skips[candidate.label], comparison.fits[candidate.label] = _skip_reasons(
+                candidate, comparison
+            )
         for candidate in candidates:
             evaluations.append(_evaluate_one(candidate, comparison))
     finally:
@@ -176,6 +184,10 @@ def _trade_off(evaluations: list[ModelEvaluation], members: list[Member]) -> Any
         }
         for e in evaluations
     }
+    for e in evaluations:
+        for member in members:
+            if member.baseline is not None:
+                _as_drops(e, member, task_scores[e.label], per_sample[e.label])
     return summarise(
         task_scores,
         domain={m.name: m.tasks for m in scored_members if m.kind == "domain" and m.tasks},
@@ -185,6 +197,34 @@ def _trade_off(evaluations: list[ModelEvaluation], members: list[Member]) -> Any
         instruct=by_role.get("instruct"),
         per_sample=per_sample,
     )
+
+
+def _as_drops(
+    evaluation: ModelEvaluation,
+    member: Member,
+    scores: dict[str, Any],
+    per_sample: dict[str, Any],
+) -> None:
+    """Score each of a member's tasks as its drop from the member's baseline on the same
+    documents (per document: task − baseline; paired stderr). A task whose documents are not
+    the baseline's, or with no baseline result, is left out of the member, never mixed in."""
+    from mergemed.evaluation.paired import paired_difference
+
+    base = evaluation.samples(member.baseline)
+    for task in member.tasks:
+        own = per_sample.get(task)
+        if base is None or own is None or own[0] != base[0] or len(own[0]) < 2:
+            scores.pop(task, None)
+            per_sample.pop(task, None)
+            continue
+        drops = [float(a) - float(b) for a, b in zip(own[1], base[1], strict=True)]
+        scores[task] = paired_difference(own[1], base[1])
+        per_sample[task] = (own[0], drops)
+
+
+def run_tasks(member: Member) -> tuple[str, ...]:
+    """What a member runs: its tasks, then its baseline (if any)."""
+    return (*member.tasks, member.baseline) if member.baseline else member.tasks
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,17 +239,27 @@ class SubsetDraws:
         self.manager = manager
         self.settings = settings
         self.drawn: dict[str, list[int] | None] = {}
+        self.loaded: dict[str, Any] = {}
+
+    def task(self, name: str) -> Any:
+        """The lm-eval task object (its documents loaded once)."""
+        if name not in self.loaded:
+            try:
+                self.loaded[name] = self.manager.load([name])["tasks"][name]
+            except Exception as error:  # the task's data loader: state it in one line
+                raise _task_error(name, error) from None
+        return self.loaded[name]
 
     def __call__(self, task: str) -> list[int] | None:
         """The task's document indices, or None for all of them."""
         if self.settings.limit is None:
             return None
         if task not in self.drawn:
-            try:
-                loaded = self.manager.load([task])["tasks"][task]
-            except Exception as error:  # the task's data loader: state it in one line
-                raise _task_error(task, error) from None
-            self.drawn[task] = draw_sample(loaded, self.settings.limit, self.settings.sample_seed)
+            loaded = self.task(task)
+            group = sample_group(self.manager, task)
+            self.drawn[task] = draw_sample(
+                loaded, self.settings.limit, self.settings.sample_seed, group
+            )
         return self.drawn[task]
 
 
@@ -225,7 +275,11 @@ def _expand_groups(manager: Any, members: list[Member]) -> list[Member]:
                     continue
                 raise unknown_task(manager, task)
             leaves += [t for t in leaf_tasks(manager, task) if t not in leaves]
-        expanded.append(Member(member.name, tuple(leaves), member.kind, member.suite, member.flags))
+        expanded.append(
+            Member(
+                member.name, tuple(leaves), member.kind, member.suite, member.flags, member.baseline
+            )
+        )
     return expanded
 
 
@@ -248,17 +302,17 @@ def _has_local_data(manager: Any, task: str, data_dir: Path | None) -> bool:
 
 
 def _skip_reasons(
-    candidate: Candidate,
-    settings: EvalSettings,
-    members: list[Member],
-    manager: Any,
-    samples: SubsetDraws,
-) -> dict[str, str]:
+    candidate: Candidate, comparison: Comparison
+) -> tuple[dict[str, str], dict[str, Fit]]:
+    """Why each task cannot run on this model (unknown, data offline, too long), and what the
+    others need to fit its context; from the tokenizer and config only."""
+    settings, manager, members = comparison.settings, comparison.manager, comparison.members
+    samples = comparison.samples
     reasons: dict[str, str] = {}
     data_dir = _data_dir(settings)
     long_context: list[str] = []
     for member in members:
-        for task in member.tasks:
+        for task in run_tasks(member):
             if task not in manager.task_index:
                 reasons[task] = "task not known to this lm-eval version"
                 continue
@@ -284,7 +338,25 @@ def _skip_reasons(
         )
         for task, reason in dict(skipped).items():
             reasons.setdefault(task, reason.removeprefix(f"{task}: ").removesuffix("; skipped"))
-    return reasons
+    fits: dict[str, Fit] = {}
+    tokenizer = load_tokenizer(candidate, settings.backend)
+    own_template = getattr(tokenizer, "chat_template", None) or None
+    limit = max_length(candidate, settings.backend)
+    for task in dict.fromkeys(t for m in members for t in run_tasks(m)):
+        if task in reasons or task in long_context:
+            continue
+        uses = comparison.prompt_format.uses_template(_output_type(manager, task), own_template)
+        template = comparison.prompt_format.template_for(own_template) if uses else None
+        fits[task] = check_fit(
+            samples.task(task),
+            samples(task),
+            token_counter(tokenizer, template),
+            limit,
+            gen_kwargs=settings.gen_kwargs,
+        )
+        if fits[task].skip:
+            reasons[task] = fits[task].skip
+    return reasons, fits
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,6 +375,17 @@ class Comparison:
     prompt_format: PromptFormat
     store: ResultsStore | None
     emit: EventCallback
+    skips: dict[str, dict[str, str]] = field(default_factory=dict)
+    """model label -> task -> why it is skipped."""
+    fits: dict[str, dict[str, Fit]] = field(default_factory=dict)
+    """model label -> task -> what fitting it into that model's context needs."""
+
+    def new_tokens_cap(self, task: str) -> int | None:
+        """The ``max_gen_toks`` cap of a generation task, the same for every model (the
+        smallest any model needs), or None when every model fits the task as it is."""
+        caps = [f[task].max_gen_toks for f in self.fits.values() if task in f]
+        caps = [c for c in caps if c is not None]
+        return min(caps) if caps else None
 
 
 def _output_type(manager: Any, task: str) -> str:
@@ -340,12 +423,20 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
         weights_hash=candidate.weights_hash,
         settings=base_settings,
     )
-    evaluation.skipped = _skip_reasons(candidate, settings, members, manager, samples)
+    evaluation.skipped = dict(comparison.skips[candidate.label])
+    limit = max_length(candidate, settings.backend)
+    for task, fit in comparison.fits[candidate.label].items():
+        if (note := fit.note(limit)) is not None:
+            evaluation.notes[task] = note
+        if (cap := comparison.new_tokens_cap(task)) is not None and fit.max_gen_toks is None:
+            evaluation.notes[task] = f"max_gen_toks capped at {cap} for every model"
     for task, reason in evaluation.skipped.items():
         emit("skip", {"label": candidate.label, "task": task, "reason": reason})
     # Members' tasks are disjoint after expansion, but keep order and drop repeats.
-    wanted = list(dict.fromkeys(t for m in members for t in m.tasks if t not in evaluation.skipped))
-    member_of = {t: m for m in members for t in m.tasks}
+    wanted = list(
+        dict.fromkeys(t for m in members for t in run_tasks(m) if t not in evaluation.skipped)
+    )
+    member_of = {t: m for m in members for t in run_tasks(m)}
 
     keys: dict[str, tuple[ResultKey, dict[str, Any]]] = {}
     blocks: dict[str, dict[str, Any]] = {}
@@ -360,6 +451,8 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
             **settings.score_settings(chat_template=templated[task]),
             "chat_template_sha256": template_hash(template) if templated[task] else None,
         }
+        if (cap := comparison.new_tokens_cap(task)) is not None:
+            task_settings["gen_kwargs"] = _with_new_tokens(settings.gen_kwargs, cap)
         if "needs_punkt" in task_flags(manager, task, member_of[task]):
             from mergemed.evaluation.punkt import ensure_punkt
 
@@ -394,6 +487,7 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
             begin = time.time()
             arguments = {
                 **settings.lm_eval_arguments(templated[task]),
+                "gen_kwargs": keys[task][1]["gen_kwargs"],
                 "samples": {task: indices} if (indices := samples(task)) is not None else None,
             }
             output = _run_task(lm, task, manager, arguments)
@@ -411,6 +505,13 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
     for task in wanted:
         _add_block(evaluation, task, blocks[task])
     return evaluation
+
+
+def _with_new_tokens(gen_kwargs: str | None, cap: int) -> str:
+    """``gen_kwargs`` with ``max_gen_toks`` set to ``cap``."""
+    items = [i for i in (gen_kwargs or "").split(",") if i.strip()]
+    kept = [i for i in items if i.partition("=")[0].strip() != "max_gen_toks"]
+    return ",".join([*kept, f"max_gen_toks={cap}"])
 
 
 def _add_block(evaluation: ModelEvaluation, task: str, block: Mapping[str, Any]) -> None:

@@ -78,15 +78,19 @@ def task_labels(task: Any) -> list[Hashable] | None:
     return labels
 
 
-def draw_sample(task: Any, limit: float, seed: int = DEFAULT_SEED) -> list[int] | None:
+def draw_sample(
+    task: Any, limit: float, seed: int = DEFAULT_SEED, group: str | None = None
+) -> list[int] | None:
     """The document indices a ``--limit`` evaluation of ``task`` runs, or None for all of
-    them (``limit`` covers the whole task)."""
+    them (``limit`` covers the whole task). Tasks drawn under one ``group`` name (default:
+    the task's name) over the same labels get the same documents."""
     total = len(task.eval_docs)
     count = sample_size(limit, total)
     if count >= total:
         return None
     labels = task_labels(task)
-    task_seed = _task_seed(seed, getattr(task, "config", None) and task.config.task)
+    name = group or (getattr(task, "config", None) and task.config.task)
+    task_seed = _task_seed(seed, name)
     if labels is not None:
         return stratified_indices(labels, count, task_seed)
     return uniform_indices(total, count, task_seed)

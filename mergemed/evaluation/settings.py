@@ -247,6 +247,13 @@ def settings_error(error: ValidationError) -> MergemedError:
         return MergemedError(f"{problem['loc'][-1]}: not an evaluation setting")
     if problem["type"] == "literal_error":
         message = message.replace("Input should be", "expected")
+    plain = {
+        "float_parsing": "expected a number",
+        "int_parsing": "expected a whole number",
+        "int_from_float": "expected a whole number",
+        "bool_parsing": "expected true or false",
+    }
+    message = plain.get(problem["type"], message)
     if not names or (names[-1] == "backend" and problem["type"] != "literal_error"):
         return MergemedError(message)
     field = names[-1]

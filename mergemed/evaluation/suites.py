@@ -23,7 +23,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,9 @@ class Member:
     suite: str | None  # the suite it came from; None when asked for by name
     flags: frozenset[str] = frozenset()
     """Flags the suite declares for the member as a whole (lm-eval's own tasks)."""
+    baseline: str | None = None
+    """A task on the same documents that each of the member's tasks is scored against (its
+    group's ``mergemed: baseline``): the member reports the drop from it."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Suite:
     kind: str
     members: Mapping[str, tuple[str, ...]]
     flags: Mapping[str, frozenset[str]]
+    baselines: Mapping[str, str] = field(default_factory=dict)
 
 
 def _mergemed_metadata(entry: Any) -> dict[str, Any]:
@@ -123,6 +127,7 @@ def suites(manager: Any) -> dict[str, Suite]:
         children = children if isinstance(children, list) else [children]
         members: dict[str, tuple[str, ...]] = {}
         flags: dict[str, frozenset[str]] = {}
+        baselines: dict[str, str] = {}
         declared = block.get("tasks") or {}
         for child in children:
             task = child["task"] if isinstance(child, dict) else child
@@ -133,7 +138,9 @@ def suites(manager: Any) -> dict[str, Suite]:
             members[member] = (*members.get(member, ()), task)
             own = declared.get(task) or {}
             flags[member] = frozenset(f for f in FLAGS if own.get(f))
-        found[name] = Suite(name, kind, members, flags)
+            if isinstance(child_block.get("baseline"), str):
+                baselines[member] = child_block["baseline"]
+        found[name] = Suite(name, kind, members, flags, baselines)
     return found
 
 
@@ -146,6 +153,13 @@ def task_flags(manager: Any, task: str, member: Member | None = None) -> frozens
     if ((entry.cfg or {}).get("dataset_kwargs") or {}).get("hub_path") if entry else False:
         flags.add("hub_only")
     return frozenset(flags | (member.flags if member is not None else frozenset()))
+
+
+def sample_group(manager: Any, task: str) -> str:
+    """The name a task's ``--limit`` sample is drawn under: its ``mergemed: sample_group``
+    (tasks sharing one ask the same documents), else the task's own name."""
+    group = _mergemed_metadata(manager.task_index.get(task)).get("sample_group")
+    return group if isinstance(group, str) else task
 
 
 def local_data_name(manager: Any, task: str) -> str | None:
@@ -214,7 +228,10 @@ def resolve_members(
         for name, leaves in suite.members.items():
             if name not in seen:
                 seen.add(name)
-                members.append(Member(name, leaves, suite.kind, suite_name, suite.flags[name]))
+                baseline = suite.baselines.get(name)
+                members.append(
+                    Member(name, leaves, suite.kind, suite_name, suite.flags[name], baseline)
+                )
     domain_names = {
         n
         for s in table.values()
@@ -229,8 +246,11 @@ def resolve_members(
         suite = next((s for s in table.values() if name in s.members), None)
         leaves = suite.members[name] if suite is not None else leaf_tasks(manager, name)
         flags = suite.flags[name] if suite is not None else frozenset()
+        baseline = suite.baselines.get(name) if suite is not None else None
+        if baseline is None:
+            baseline = _mergemed_metadata(manager.task_index.get(name)).get("baseline")
         kind = "domain" if name in domain_names else "general"
-        members.append(Member(name, leaves, kind, None, flags))
+        members.append(Member(name, leaves, kind, None, flags, baseline))
     return members
 
 

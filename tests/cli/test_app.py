@@ -37,7 +37,7 @@ def run(*args: str, env_token: bool = True, **kwargs) -> subprocess.CompletedPro
     ("args", "fragment"),
     [
         (("merge",), "Missing argument 'recipe'"),
-        (("evaluate", "x", "--limit", "abc"), "Invalid value for '--limit'"),
+        (("evaluate",), "Missing argument 'model'"),
         (("inspect", "a", "b", "--top", "x"), "Invalid value for '--top'"),
         (("merge", "r.yaml", "-o", "out", "--no-such-flag"), "No such option"),
     ],

@@ -289,7 +289,7 @@ def test_long_context_lengths_beyond_the_model_are_skipped_not_truncated(
     report = evaluate(
         tiny_eval_models[0],
         suites=["forgetting"],
-        limit=1,
+        limit=2,
         store=False,
         chat_template="off",
         gen_kwargs="max_gen_toks=8",
@@ -300,8 +300,14 @@ def test_long_context_lengths_beyond_the_model_are_skipped_not_truncated(
         assert "above the model's maximum of 4,096" in reason
     assert "pubmedqa_longctx_1k" in model.evaluated
     assert "ifeval_med" in model.evaluated
+    # The long-context member is the drop from the gold-only baseline, on the same documents.
+    assert "pubmedqa_longctx_gold" in model.evaluated
+    docs, at_1k = model.samples("pubmedqa_longctx_1k")
+    gold_docs, gold = model.samples("pubmedqa_longctx_gold")
+    assert docs == gold_docs
     member = next(m for m in report.trade_off.members if m.name == "pubmedqa_longctx")
-    assert member.scores[model.label] == model.score("pubmedqa_longctx_1k")
+    expected = sum(a - b for a, b in zip(at_1k, gold, strict=True)) / len(docs)
+    assert member.scores[model.label].value == pytest.approx(expected)
 
 
 def test_a_loaded_model_is_evaluated_in_memory(tiny_eval_models, tmp_path: Path) -> None:

@@ -23,7 +23,10 @@ from mergemed.evaluation.store import settings_hash
         ({"limit": 0}, "--limit 0: expected a positive number"),
         ({"limit": 2.5}, "--limit 2.5: expected a whole number"),
         ({"num_fewshot": -1}, "--num-fewshot -1: "),
-        ({"chat_template": "maybe"}, "--chat-template maybe: expected 'auto', 'on' or 'off'"),
+        (
+            {"chat_template": "maybe"},
+            "--chat-template maybe: expected 'auto', 'on', 'off' or 'per-model'",
+        ),
         ({"dtype": "float8"}, "--dtype float8: expected 'auto'"),
         ({"backend": "tgi"}, "--backend tgi: expected 'hf' or 'vllm'"),
         ({"device": "cuda:abc"}, "--device cuda:abc: expected cpu, cuda, cuda:N or mps"),
@@ -125,7 +128,13 @@ def test_every_field_is_a_flag_of_the_evaluate_command() -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--dtype", "float8"), ("--limit", "nan"), ("--limit", "inf"), ("--backend", "tgi")],
+    [
+        ("--dtype", "float8"),
+        ("--limit", "nan"),
+        ("--limit", "inf"),
+        ("--limit", "abc"),
+        ("--backend", "tgi"),
+    ],
 )
 def test_cli_refuses_bad_values_before_opening_the_model(flag: str, value: str, tmp_path) -> None:
     # The model does not exist: a settings error proves the settings were checked first.

@@ -259,6 +259,11 @@ def load(target_length: int, root: str | None = None, **kwargs: Any):
 # with --metadata or TaskManager(metadata=)) as keyword arguments; only ``data_dir`` is read.
 
 
+def load_gold(**kwargs: Any):
+    """The baseline: every question with its gold abstract alone (no room for distractors)."""
+    return load(0, kwargs.get("data_dir"))
+
+
 def load_1k(**kwargs: Any):
     return load(TARGET_LENGTHS["1k"], kwargs.get("data_dir"))
 
