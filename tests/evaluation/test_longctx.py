@@ -222,6 +222,9 @@ def test_simple_evaluate_offline(tiny_eval_models, task_manager, caplog):
     from lm_eval.models.huggingface import HFLM
 
     model = HFLM(pretrained=str(tiny_eval_models[0]), batch_size=1, max_length=4096, device="cpu")
+    # mergemed quiets lm-eval's loggers in-process; this test reads lm-eval's own warning.
+    for name in ("lm_eval", "lm_eval.models.huggingface", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with caplog.at_level(logging.WARNING, logger="lm_eval"):
         results = lm_eval.simple_evaluate(
             model=model, tasks=["pubmedqa_longctx_1k"], task_manager=task_manager, limit=3
