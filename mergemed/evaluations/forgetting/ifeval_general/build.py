@@ -1,5 +1,7 @@
 """Build ``ifeval_general.jsonl``: instruction-following prompts on general, non-medical requests.
 
+Over 500 lines because most of it is data: the prompt and instruction tables the set is built from.
+
 The general counterpart of ``ifeval_med``, built the same way: each prompt is a request
 followed by one to three verifiable instructions from lm-eval's IFEval registry
 (``lm_eval.tasks.ifeval.instructions_registry``), phrased here in our own words and with explicit

@@ -1,5 +1,7 @@
 """Build ``ifeval_med.jsonl``: instruction-following prompts over real PubMedQA questions.
 
+Over 500 lines because most of it is data: the prompt and instruction tables the set is built from.
+
 Each prompt is a clinical or biomedical request about one PubMedQA test-set question (the 500
 ids of ``test_ground_truth.json``), followed by one to three verifiable instructions taken from
 lm-eval's IFEval registry (``lm_eval.tasks.ifeval.instructions_registry``), phrased here in our
