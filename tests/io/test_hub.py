@@ -94,7 +94,13 @@ def hub_metadata(folder: Path) -> SafetensorsRepoMetadata:
 
 @pytest.fixture
 def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_pair):
-    """``org/tiny`` on a stand-in Hub that serves a tiny local model's config and headers."""
+    """``org/tiny`` on a stand-in Hub that serves a tiny local model's config and headers.
+
+    A stand-in because tests cannot reach the Hub (no network here or in CI). It replaces
+    only the three huggingface_hub calls at the network edge, returns their real types
+    (``SafetensorsRepoMetadata`` built from the real file headers) and fails the test if the
+    weights would be downloaded; everything above them runs as it does against the Hub.
+    """
     source, _ = tiny_model_pair("llama")
     calls: list[tuple[str, ...]] = []
     snapshot = tmp_path / "cache" / "models--org--tiny" / "snapshots" / COMMIT
