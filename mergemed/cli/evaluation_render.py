@@ -75,7 +75,7 @@ def render_report(report: Any) -> list[Any]:
         summary.add_column("kind")
         for label in labels:
             summary.add_column(label, justify="right")
-        summary.add_column("gain (M−I) / forgetting (I−M)", justify="right")
+        summary.add_column("gain M−I · forgetting I−M · perplexity M−I", justify="right")
         summary.add_column("paired test")
         for member in trade.members:
             mark = "" if member.method != "independent" else " (indep.)"

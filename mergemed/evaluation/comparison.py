@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Comparison:
     """model label -> task -> why it is skipped."""
     fits: dict[str, dict[str, Fit]] = field(default_factory=dict)
     """model label -> task -> what fitting it into that model's context needs."""
+    _probed: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def new_tokens_cap(self, task: str) -> int | None:
         """The ``max_gen_toks`` cap of a generation task, the same for every model (the
@@ -65,6 +66,14 @@ class Comparison:
         caps = [f[task].max_gen_toks for f in self.fits.values() if task in f]
         caps = [c for c in caps if c is not None]
         return min(caps) if caps else None
+
+    def hub_unreachable(self) -> str | None:
+        """Why the Hugging Face Hub cannot be reached, from one probe per comparison (so
+        Hub-only tasks are skipped with a note instead of lm-eval retrying and aborting), or
+        None when it answers."""
+        if "hub" not in self._probed:
+            self._probed["hub"] = probe_hub()
+        return self._probed["hub"]
 
     def check(self, candidate: Candidate) -> None:
         """Record which tasks the model must skip and what the others need to fit its
@@ -120,12 +129,29 @@ def expand_groups(manager: Any, members: list[Member]) -> list[Member]:
                     continue
                 raise unknown_task(manager, task)
             leaves += [t for t in leaf_tasks(manager, task) if t not in leaves]
-        expanded.append(
-            Member(
-                member.name, tuple(leaves), member.kind, member.suite, member.flags, member.baseline
-            )
-        )
+        expanded.append(replace(member, tasks=tuple(leaves)))
     return expanded
+
+
+HUB_PROBE_SECONDS = 5.0
+
+
+def probe_hub(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """One unauthenticated HEAD request to the Hub's endpoint (``$HF_ENDPOINT`` if set):
+    None when it answers at all, else the reason in a few words."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    request = urllib.request.Request(endpoint.rstrip("/") + "/api/datasets", method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as error:  # refused, timed out, no route, bad endpoint
+        reason = getattr(error, "reason", None) or error
+        return f"{endpoint}: {type(reason).__name__}"
+    return None
 
 
 def _offline() -> bool:
@@ -167,9 +193,16 @@ def _skip_reasons(
                 long_context.append(task)
             if member.suite is None or "hub_only" not in flags:
                 continue
-            if _offline() and not _has_local_data(manager, task, local):
+            if _has_local_data(manager, task, local):
+                continue
+            if _offline():
                 reasons[task] = (
                     "its data is on the Hugging Face Hub and the Hub is offline; "
+                    "give a local copy with --data-dir"
+                )
+            elif (unreachable := comparison.hub_unreachable()) is not None:
+                reasons[task] = (
+                    f"its data is on the Hugging Face Hub, which is unreachable ({unreachable}); "
                     "give a local copy with --data-dir"
                 )
     if long_context:
@@ -221,10 +254,10 @@ def _trade_off(evaluations: list[ModelEvaluation], members: list[Member]) -> Tra
     # of every model's member scores, so comparisons stay like for like.
     skipped_anywhere = {task for e in evaluations for task in e.skipped}
     scored_members = [
-        Member(m.name, tuple(t for t in m.tasks if t not in skipped_anywhere), m.kind, m.suite)
-        for m in members
+        replace(m, tasks=tuple(t for t in m.tasks if t not in skipped_anywhere)) for m in members
     ]
     task_scores = _per_task(evaluations, members, ModelEvaluation.score)
+    sizes = _per_task(evaluations, members, ModelEvaluation.size)
     per_sample = _per_task(evaluations, members, ModelEvaluation.samples)
     by_role = {e.role: e.label for e in evaluations}
     for e in evaluations:
@@ -235,6 +268,9 @@ def _trade_off(evaluations: list[ModelEvaluation], members: list[Member]) -> Tra
         task_scores,
         domain={m.name: m.tasks for m in scored_members if m.kind == "domain" and m.tasks},
         general={m.name: m.tasks for m in scored_members if m.kind == "general" and m.tasks},
+        perplexity={m.name: m.tasks for m in scored_members if m.kind == "perplexity" and m.tasks},
+        weighted={m.name for m in members if m.weight_by_size},
+        sizes=sizes,
         merged=evaluations[0].label,
         clinical=by_role.get("clinical"),
         instruct=by_role.get("instruct"),

@@ -37,6 +37,14 @@ class ModelEvaluation:
             self.lm_eval["results"][task], self.lm_eval.get("configs", {}).get(task, {})
         )
 
+    def size(self, task: str) -> int | None:
+        """How many documents the task was scored on (lm-eval's effective ``n-samples``)."""
+        counts = self.lm_eval.get("n-samples", {}).get(task) or {}
+        value = (
+            counts.get("effective", counts.get("original")) if isinstance(counts, dict) else None
+        )
+        return int(value) if isinstance(value, int) and value > 0 else None
+
     def samples(self, task: str) -> tuple[list[int], list[Any]] | None:
         """``(doc_ids, values)`` of the task's primary metric per document, or None when
         per-sample results were not kept (results stored by an older mergemed)."""

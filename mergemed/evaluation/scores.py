@@ -4,8 +4,13 @@ For a merged model M with parents C (clinical, continually pretrained) and I (in
 
 * a task's score is its primary lm-eval metric (``acc`` for multiple choice,
   ``prompt_level_strict_acc`` for IFEval-style tasks), with lm-eval's stderr;
-* a suite member's score is the unweighted mean of its tasks (a group such as the six MMLU
-  medical subjects counts once), and a suite's score the unweighted mean of its members;
+* a suite member's score is the mean of its tasks (a group such as the six MMLU medical
+  subjects counts once), weighted by the tasks' document counts where the member says so (as
+  lm-eval weights MMLU), else unweighted;
+* the domain score is the plain mean of its tasks (as the Open Medical-LLM Leaderboard
+  averages its nine), the general score the unweighted mean of its members;
+* a perplexity member (lower is better) is reported on its own with its change M − I
+  (positive: M got worse), never averaged with accuracies;
 * **domain gain** = domain(M) − domain(I);
 * **domain retention** = domain(M) / domain(C);
 * **forgetting** = general(I) − general(M) (positive: M lost ability I had).
@@ -19,7 +24,7 @@ makes every figure built on it carry ``stderr=None``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -44,6 +49,18 @@ def mean(scores: Sequence[Score]) -> Score:
     if any(s.stderr is None for s in scores):
         return Score(value, None)
     return Score(value, math.sqrt(sum(s.stderr**2 for s in scores)) / len(scores))
+
+
+def weighted_mean(scores: Sequence[Score], sizes: Sequence[int]) -> Score:
+    """Mean of independent scores weighted by ``sizes``: stderr ``sqrt(Σ (n_i·se_i)²)/Σ n_i``."""
+    if not scores or len(scores) != len(sizes) or sum(sizes) <= 0:
+        raise ValueError("weighted mean needs one positive size per score")
+    total = sum(sizes)
+    value = math.fsum(n * s.value for n, s in zip(sizes, scores, strict=True)) / total
+    if any(s.stderr is None for s in scores):
+        return Score(value, None)
+    spread = math.fsum((n * s.stderr) ** 2 for n, s in zip(sizes, scores, strict=True))
+    return Score(value, math.sqrt(spread) / total)
 
 
 def difference(first: Score, second: Score) -> Score:
@@ -73,10 +90,15 @@ class TaskComparison:
     """One task (or suite member) across the models, with the merge's change on it."""
 
     name: str
-    kind: str  # "domain" or "general"
+    kind: str  # "domain", "general" or "perplexity"
     scores: dict[str, Score]
     change: Score | None = None
-    """domain: M − I (gain); general: I − M (forgetting); None without both models."""
+    """domain: M − I (gain); general: I − M (forgetting); perplexity: M − I (positive: M is
+    worse); None without both models."""
+    tasks: tuple[str, ...] = ()
+    """The tasks the member's score averages."""
+    weighting: str = "unweighted"
+    """``size-weighted`` (by documents, as lm-eval weights MMLU) or ``unweighted``."""
     method: str | None = None
     """How ``change``'s stderr was computed: ``paired`` (same documents, per-sample
     differences) or ``independent`` (sqrt(se_a² + se_b²))."""
@@ -120,8 +142,10 @@ class TradeOff:
                 {
                     "task": m.name,
                     "kind": m.kind,
+                    "tasks": list(m.tasks),
+                    "weighting": m.weighting,
                     "scores": {k: plain(v) for k, v in m.scores.items()},
-                    "gain" if m.kind == "domain" else "forgetting": plain(m.change),
+                    _CHANGE_NAMES[m.kind]: plain(m.change),
                     "method": m.method,
                     "test": m.test,
                     "significant": m.significant,
@@ -129,6 +153,9 @@ class TradeOff:
                 for m in self.members
             ],
         }
+
+
+_CHANGE_NAMES = {"domain": "gain", "general": "forgetting", "perplexity": "change"}
 
 
 def summarise(
@@ -140,6 +167,9 @@ def summarise(
     clinical: str | None = None,
     instruct: str | None = None,
     per_sample: PerSample | None = None,
+    perplexity: Mapping[str, Sequence[str]] | None = None,
+    weighted: Collection[str] = (),
+    sizes: Mapping[str, Mapping[str, int]] | None = None,
 ) -> TradeOff:
     """Build the trade-off figures.
 
@@ -150,6 +180,10 @@ def summarise(
         merged, clinical, instruct: model labels of M, C and I (C and I optional).
         per_sample: model label -> task -> ``(doc_ids, values)`` of the primary metric;
             where two models have them on the same documents, their differences are paired.
+        perplexity: perplexity members -> their tasks (reported each on its own).
+        weighted: the members whose tasks are averaged by size.
+        sizes: model label -> task -> documents scored (needed for ``weighted`` members; a
+            member without every size falls back to the unweighted mean and says so).
 
     A member counts for a model only if all of its tasks were scored for that model; suite
     figures comparing two models use the members both have. The domain score is the plain
@@ -158,20 +192,42 @@ def summarise(
     """
     result = TradeOff(merged=merged, clinical=clinical, instruct=instruct)
     member_scores: dict[str, dict[str, Score]] = {label: {} for label in task_scores}
-    for kind, members in (("domain", domain), ("general", general)):
+    known_sizes = sizes or {}
+    kinds = (("domain", domain), ("general", general), ("perplexity", perplexity or {}))
+    for kind, members in kinds:
         for member, tasks in members.items():
+            by_size = member in weighted and all(
+                t in known_sizes.get(label, {}) for label in task_scores for t in tasks
+            )
             scores: dict[str, Score] = {}
             for label, by_task in task_scores.items():
                 if tasks and all(t in by_task for t in tasks):
-                    scores[label] = mean([by_task[t] for t in tasks])
+                    chosen = [by_task[t] for t in tasks]
+                    scores[label] = (
+                        weighted_mean(chosen, [known_sizes[label][t] for t in tasks])
+                        if by_size
+                        else mean(chosen)
+                    )
                     member_scores[label][member] = scores[label]
             if not scores:
                 continue
-            comparison = TaskComparison(member, kind, scores)
+            weighting = "size-weighted" if by_size else "unweighted"
+            if member in weighted and not by_size:
+                weighting = "unweighted (document counts unknown)"
+            comparison = TaskComparison(
+                member, kind, scores, tasks=tuple(tasks), weighting=weighting
+            )
             if instruct in scores and merged in scores:
-                first, second = (merged, instruct) if kind == "domain" else (instruct, merged)
-                _compare(comparison, first, second, tasks, task_scores, per_sample or {})
+                first, second = (instruct, merged) if kind == "general" else (merged, instruct)
+                sized = {t: known_sizes[first][t] for t in tasks} if by_size else None
+                _compare(comparison, first, second, tasks, task_scores, per_sample or {}, sized)
             result.members.append(comparison)
+    member_sizes = {
+        m.name: (
+            {t: known_sizes[merged][t] for t in m.tasks} if m.weighting == "size-weighted" else None
+        )
+        for m in result.members
+    }
 
     def suite(label: str, members: Mapping[str, Sequence[str]], among: set[str]) -> Score | None:
         if members is domain:  # the Leaderboard's average: every task counts once
@@ -207,7 +263,9 @@ def summarise(
         result.methods["domain_retention"] = "independent (delta method) over the same tasks"
     if common := shared(merged, instruct, general):
         chosen = {m: general[m] for m in general if m in common}
-        result.forgetting, method = _suite_change(instruct, merged, chosen, task_scores, samples)
+        result.forgetting, method = _suite_change(
+            instruct, merged, chosen, task_scores, samples, member_sizes
+        )
         result.methods["forgetting"] = f"{method}; mean of members: {', '.join(chosen)}"
     return result
 
@@ -234,11 +292,17 @@ def _paired_values(
 
 
 def _member_change(
-    first: str, second: str, tasks: Sequence[str], task_scores, per_sample: PerSample
+    first: str,
+    second: str,
+    tasks: Sequence[str],
+    task_scores,
+    per_sample: PerSample,
+    sizes: Mapping[str, int] | None = None,
 ) -> tuple[Score, str, tuple[list[float], list[float]] | None]:
-    """first − second on a member (mean of its tasks): paired when every task has per-sample
-    values on the same documents, else independent. Also the pooled pairs, for a test."""
-    from mergemed.evaluation.paired import paired_mean_of_differences
+    """first − second on a member (mean of its tasks, by ``sizes`` when given): paired when
+    every task has per-sample values on the same documents, else independent. Also the
+    pooled pairs, for a test."""
+    from mergemed.evaluation.paired import paired_mean_of_differences, weighted_paired_difference
 
     pairs = {t: _paired_values(first, second, t, per_sample) for t in tasks}
     if all(p is not None for p in pairs.values()):
@@ -246,9 +310,15 @@ def _member_change(
             [v for t in tasks for v in pairs[t][0]],
             [v for t in tasks for v in pairs[t][1]],
         )
-        return paired_mean_of_differences(pairs), "paired", pooled
-    first_score = mean([task_scores[first][t] for t in tasks])
-    second_score = mean([task_scores[second][t] for t in tasks])
+        combine = weighted_paired_difference if sizes else paired_mean_of_differences
+        return combine(pairs), "paired", pooled
+    if sizes:
+        weights = [sizes[t] for t in tasks]
+        first_score = weighted_mean([task_scores[first][t] for t in tasks], weights)
+        second_score = weighted_mean([task_scores[second][t] for t in tasks], weights)
+    else:
+        first_score = mean([task_scores[first][t] for t in tasks])
+        second_score = mean([task_scores[second][t] for t in tasks])
     return difference(first_score, second_score), "independent", None
 
 
@@ -259,11 +329,12 @@ def _compare(
     tasks: Sequence[str],
     task_scores,
     per_sample: PerSample,
+    sizes: Mapping[str, int] | None = None,
 ) -> None:
     from mergemed.evaluation.paired import mcnemar, paired_bootstrap, significant
 
     comparison.change, comparison.method, pooled = _member_change(
-        first, second, tasks, task_scores, per_sample
+        first, second, tasks, task_scores, per_sample, sizes
     )
     if pooled is None:
         return
@@ -279,10 +350,15 @@ def _suite_change(
     members: Mapping[str, Sequence[str]],
     task_scores,
     per_sample: PerSample,
+    member_sizes: Mapping[str, Mapping[str, int] | None] | None = None,
 ) -> tuple[Score, str]:
     """first − second over a suite (mean of its members' changes). Members are different
     questions, so their changes combine as independent: sqrt(Σ se²)/k."""
-    changes = [_member_change(first, second, t, task_scores, per_sample) for t in members.values()]
+    sizes = member_sizes or {}
+    changes = [
+        _member_change(first, second, t, task_scores, per_sample, sizes.get(m))
+        for m, t in members.items()
+    ]
     methods = {method for _, method, _ in changes}
     label = methods.pop() if len(methods) == 1 else "paired where available"
     return mean([score for score, _, _ in changes]), label

@@ -7,13 +7,18 @@ group of tasks scored as one (see :mod:`mergemed.evaluation.scores`).
 
 Everything here is read from the task YAMLs' ``metadata: mergemed:`` blocks, declared once:
 
-- a group with ``suite: domain`` or ``suite: general`` is a suite; its entries are members;
+- a group with ``suite: domain``, ``suite: general`` or ``suite: perplexity`` is a suite; its
+  entries are members (perplexity members are reported each on its own, never averaged with
+  accuracies);
 - a task's ``member: NAME`` scores it within member NAME (the MMLU medical subjects), else a
   task is its own member, named without mergemed's ``mm_`` prefix;
+- a member's tasks are averaged weighted by their sizes when its group's
+  ``aggregate_metric_list`` says ``weight_by_size: true`` (as lm-eval weights MMLU), or its
+  tasks say ``weight_by_size: true`` in their ``mergemed:`` block; else unweighted;
 - flags: ``needs_punkt`` (IFEval's checkers), ``long_context`` (lengths checked against the
   model first), ``hub_only`` (data from the Hub unless a local copy is given; implied by a
   ``hub_path`` in ``dataset_kwargs``). A suite group's ``tasks:`` gives the flags of lm-eval's
-  own tasks it lists.
+  own tasks it lists, and may give a member another ``kind`` than the suite's.
 """
 
 from __future__ import annotations
@@ -65,9 +70,25 @@ def task_manager(
     meta = json.dumps(dict(metadata or {}), sort_keys=True, default=str)
     if names is None or names:
         own = _cached_manager(key, False, meta)
-        if names is None or all(name in own.task_index for name in names):
+        if names is None or all(_known_throughout(own, name) for name in names):
             return own
     return _cached_manager(key, True, meta)
+
+
+def _known_throughout(manager: Any, name: str) -> bool:
+    """Whether a name and, for a group, every task it lists are in the manager's index
+    (mergemed's ``mmlu_general`` lists lm-eval's own MMLU subjects)."""
+    from lm_eval.tasks._index import Kind
+
+    entry = manager.task_index.get(name)
+    if entry is None:
+        return False
+    if entry.kind != Kind.GROUP:
+        return True
+    children = (entry.cfg or {}).get("task", [])
+    children = children if isinstance(children, list) else [children]
+    named = [c["task"] if isinstance(c, dict) else c for c in children]
+    return all(_known_throughout(manager, c) for c in named if isinstance(c, str))
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,6 +103,7 @@ def _cached_manager(paths: tuple[str, ...], include_defaults: bool, metadata: st
 
 
 FLAGS = ("hub_only", "needs_punkt", "long_context")
+KINDS = ("domain", "general", "perplexity")
 
 
 @dataclass(frozen=True)
@@ -90,13 +112,15 @@ class Member:
 
     name: str
     tasks: tuple[str, ...]
-    kind: str  # "domain" or "general"
+    kind: str  # "domain", "general" or "perplexity"
     suite: str | None  # the suite it came from; None when asked for by name
     flags: frozenset[str] = frozenset()
     """Flags the suite declares for the member as a whole (lm-eval's own tasks)."""
     baseline: str | None = None
     """A task on the same documents that each of the member's tasks is scored against (its
     group's ``mergemed: baseline``): the member reports the drop from it."""
+    weight_by_size: bool = False
+    """Average the member's tasks weighted by their document counts (lm-eval's MMLU)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +132,14 @@ class Suite:
     members: Mapping[str, tuple[str, ...]]
     flags: Mapping[str, frozenset[str]]
     baselines: Mapping[str, str] = field(default_factory=dict)
+    weighted: frozenset[str] = frozenset()
+    """Members averaged by size (see :attr:`Member.weight_by_size`)."""
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    """Members of another kind than the suite's (a ``kind: perplexity`` task in ``forgetting``)."""
+
+    def kind_of(self, member: str) -> str:
+        """The member's kind: its own ``kind``, else the suite's."""
+        return self.kinds.get(member, self.kind)
 
 
 def _mergemed_metadata(entry: Any) -> dict[str, Any]:
@@ -121,13 +153,15 @@ def suites(manager: Any) -> dict[str, Suite]:
     for name, entry in manager.task_index.items():
         block = _mergemed_metadata(entry)
         kind = block.get("suite")
-        if kind not in ("domain", "general"):
+        if kind not in KINDS:
             continue
         children = (entry.cfg or {}).get("task", [])
         children = children if isinstance(children, list) else [children]
         members: dict[str, tuple[str, ...]] = {}
         flags: dict[str, frozenset[str]] = {}
         baselines: dict[str, str] = {}
+        weighted: set[str] = set()
+        kinds: dict[str, str] = {}
         declared = block.get("tasks") or {}
         for child in children:
             task = child["task"] if isinstance(child, dict) else child
@@ -136,12 +170,30 @@ def suites(manager: Any) -> dict[str, Suite]:
             child_block = _mergemed_metadata(manager.task_index.get(task))
             member = child_block.get("member") or task.removeprefix("mm_")
             members[member] = (*members.get(member, ()), task)
-            own = declared.get(task) or {}
+            own = {**child_block, **(declared.get(task) or {})}
             flags[member] = frozenset(f for f in FLAGS if own.get(f))
+            if own.get("kind") in KINDS and own["kind"] != kind:
+                kinds[member] = own["kind"]
             if isinstance(child_block.get("baseline"), str):
                 baselines[member] = child_block["baseline"]
-        found[name] = Suite(name, kind, members, flags, baselines)
+            if weight_by_size(manager, task):
+                weighted.add(member)
+        found[name] = Suite(name, kind, members, flags, baselines, frozenset(weighted), kinds)
     return found
+
+
+def weight_by_size(manager: Any, name: str) -> bool:
+    """Whether a task or group's tasks are averaged by size: its ``mergemed:`` block's
+    ``weight_by_size``, else its group ``aggregate_metric_list``'s first entry."""
+    entry = manager.task_index.get(name)
+    block = _mergemed_metadata(entry)
+    if "weight_by_size" in block:
+        return bool(block["weight_by_size"])
+    aggregates = ((entry.cfg or {}).get("aggregate_metric_list") or []) if entry else []
+    if isinstance(aggregates, dict):
+        aggregates = [aggregates]
+    first = aggregates[0] if aggregates and isinstance(aggregates[0], dict) else {}
+    return bool(first.get("weight_by_size", False))
 
 
 def task_flags(manager: Any, task: str, member: Member | None = None) -> frozenset[str]:
@@ -230,7 +282,15 @@ def resolve_members(
                 seen.add(name)
                 baseline = suite.baselines.get(name)
                 members.append(
-                    Member(name, leaves, suite.kind, suite_name, suite.flags[name], baseline)
+                    Member(
+                        name,
+                        leaves,
+                        suite.kind_of(name),
+                        suite_name,
+                        suite.flags[name],
+                        baseline,
+                        name in suite.weighted,
+                    )
                 )
     domain_names = {
         n
@@ -249,8 +309,15 @@ def resolve_members(
         baseline = suite.baselines.get(name) if suite is not None else None
         if baseline is None:
             baseline = _mergemed_metadata(manager.task_index.get(name)).get("baseline")
-        kind = "domain" if name in domain_names else "general"
-        members.append(Member(name, leaves, kind, None, flags, baseline))
+        own_kind = _mergemed_metadata(manager.task_index.get(name)).get("kind")
+        if suite is not None:
+            kind, weighted = suite.kind_of(name), name in suite.weighted
+        elif own_kind in KINDS:
+            kind, weighted = own_kind, weight_by_size(manager, name)
+        else:
+            kind = "domain" if name in domain_names else "general"
+            weighted = weight_by_size(manager, name)
+        members.append(Member(name, leaves, kind, None, flags, baseline, weighted))
     return members
 
 

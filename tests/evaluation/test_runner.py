@@ -354,3 +354,46 @@ def test_a_failing_task_never_shows_a_token(tiny_eval_models, tmp_path: Path, mo
         evaluate(tiny_eval_models[0], **arguments)
     assert secret not in str(debug.value) and "***" in str(debug.value)
     assert debug.traceback  # the original traceback is kept for debugging
+
+
+def test_an_unreachable_hub_skips_hub_tasks_with_a_note_after_one_probe(
+    tiny_eval_models, tmp_path: Path, monkeypatch
+) -> None:
+    """No offline flag, the Hub unreachable (a closed local port as its endpoint): the Hub-only
+    task is skipped with one note, the local one still runs, nothing retries or aborts."""
+    import socket
+
+    import mergemed.evaluation.comparison as comparison
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    probes: list[str | None] = []
+    real_probe = comparison.probe_hub
+
+    def counted_probe(*args, **kwargs):  # a spy: the real probe runs
+        probes.append(real_probe(*args, **kwargs))
+        return probes[-1]
+
+    monkeypatch.setattr(comparison, "probe_hub", counted_probe)
+    (tmp_path / "_mixed.yaml").write_text(
+        "group: mixed\ntask:\n  - mm_pubmedqa\n  - mm_medqa_4options\n  - mm_medmcqa\n"
+        "metadata:\n  version: 1.0\n  mergemed:\n    suite: domain\n"
+    )
+    instruct, clinical, _ = tiny_eval_models
+    report = evaluate(
+        instruct,
+        include=[tmp_path],
+        suites=["mixed"],
+        limit=4,
+        against=[clinical],
+        store=False,
+    )
+    assert len(probes) == 1 and "ConnectionRefusedError" in probes[0]
+    for model in report.models:
+        assert set(model.skipped) == {"mm_medqa_4options", "mm_medmcqa"}
+        assert "unreachable" in model.skipped["mm_medmcqa"]
+        assert model.evaluated == ["mm_pubmedqa"]

@@ -152,3 +152,83 @@ def test_per_sample_results_give_paired_changes_and_a_test() -> None:
     )
     assert unpaired.members[0].method == "independent" and unpaired.members[0].test is None
     assert unpaired.members[0].change.stderr == pytest.approx(math.hypot(0.07, 0.07))
+
+
+def test_a_size_weighted_member_is_lm_evals_weighted_mean() -> None:
+    sizes = {label: {"mmlu_anatomy": 135, "mmlu_college_medicine": 173} for label in TABLE}
+    trade = summarise(
+        TABLE,
+        domain=DOMAIN,
+        general=GENERAL,
+        merged="merged",
+        instruct="instruct",
+        weighted={"mmlu_medical"},
+        sizes=sizes,
+    )
+    member = next(m for m in trade.members if m.name == "mmlu_medical")
+    assert member.weighting == "size-weighted"
+    assert member.tasks == ("mmlu_anatomy", "mmlu_college_medicine")
+    # lm-eval's weight_by_size: Σ n·acc / Σ n; stderr sqrt(Σ (n·se)²) / Σ n
+    value = (135 * 0.50 + 173 * 0.70) / 308
+    assert member.scores["merged"].value == pytest.approx(value)
+    assert member.scores["merged"].stderr == pytest.approx(math.hypot(135, 173) * 0.04 / 308)
+    gain = (135 * (0.50 - 0.40) + 173 * (0.70 - 0.60)) / 308
+    assert member.change.value == pytest.approx(gain)
+    assert member.method == "independent"
+    # The domain score stays the Leaderboard's plain mean of tasks.
+    assert trade.domain["merged"].value == pytest.approx((0.60 + 0.50 + 0.70) / 3)
+    # Without the document counts the member says it is unweighted.
+    fallback = summarise(
+        TABLE, domain=DOMAIN, general=GENERAL, merged="merged", weighted={"mmlu_medical"}
+    )
+    member = next(m for m in fallback.members if m.name == "mmlu_medical")
+    assert member.weighting.startswith("unweighted")
+    assert member.scores["merged"].value == pytest.approx(0.60)
+
+
+def test_weighted_paired_change_is_the_pooled_per_document_mean() -> None:
+    ids_a, ids_b = list(range(4)), list(range(10))
+    per_sample = {
+        "merged": {"a": (ids_a, [1, 1, 0, 1]), "b": (ids_b, [1, 0] * 5)},
+        "instruct": {"a": (ids_a, [0, 1, 0, 0]), "b": (ids_b, [0, 0] * 5)},
+    }
+    scores = {
+        label: {t: Score(sum(v) / len(v), 0.1) for t, (_, v) in tasks.items()}
+        for label, tasks in per_sample.items()
+    }
+    sizes = {label: {"a": 4, "b": 10} for label in scores}
+    trade = summarise(
+        scores,
+        domain={"ab": ["a", "b"]},
+        general={},
+        merged="merged",
+        instruct="instruct",
+        per_sample=per_sample,
+        weighted={"ab"},
+        sizes=sizes,
+    )
+    (member,) = trade.members
+    pooled = [1 - 0, 1 - 1, 0 - 0, 1 - 0] + [1, 0] * 5
+    assert member.method == "paired"
+    assert member.change.value == pytest.approx(sum(pooled) / len(pooled))
+
+
+def test_perplexity_members_stand_alone() -> None:
+    table = {
+        "merged": {**TABLE["merged"], "general_ppl": Score(31.0)},
+        "instruct": {**TABLE["instruct"], "general_ppl": Score(25.0)},
+    }
+    trade = summarise(
+        table,
+        domain=DOMAIN,
+        general=GENERAL,
+        perplexity={"general_ppl": ["general_ppl"]},
+        merged="merged",
+        instruct="instruct",
+    )
+    ppl = next(m for m in trade.members if m.name == "general_ppl")
+    assert ppl.kind == "perplexity" and ppl.change.value == pytest.approx(6.0)  # M − I
+    # forgetting holds only the accuracy members
+    assert trade.forgetting.value == pytest.approx(0.45 - 0.30)
+    assert "general_ppl" not in trade.methods["forgetting"]
+    assert trade.as_dict()["per_task"][-1]["change"]["value"] == pytest.approx(6.0)

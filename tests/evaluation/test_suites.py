@@ -10,6 +10,7 @@ import pytest
 
 from mergemed.errors import MergemedError
 from mergemed.evaluation.suites import (
+    leaf_tasks,
     local_data_name,
     resolve_members,
     suites,
@@ -41,9 +42,38 @@ def test_the_shipped_suites(own) -> None:
     assert list(medical) == ["pubmedqa", "medqa_4options", "medmcqa", "mmlu_medical"]
     assert set(medical["mmlu_medical"]) == MMLU_MEDICAL
     forgetting = declared["forgetting"]
-    assert list(forgetting.members) == ["ifeval", "ifeval_med", "pubmedqa_longctx", "mmlu"]
+    assert list(forgetting.members) == [
+        "ifeval",
+        "ifeval_general",
+        "ifeval_med",
+        "pubmedqa_longctx",
+        "mmlu_general",
+        "general_ppl",
+        "pubmedqa_ppl",
+    ]
     assert forgetting.flags["ifeval"] == {"hub_only", "needs_punkt"}
-    assert forgetting.flags["mmlu"] == {"hub_only"}
+    assert forgetting.flags["mmlu_general"] == {"hub_only"}
+    assert forgetting.flags["ifeval_general"] == {"needs_punkt"}
+    assert {
+        m: forgetting.kind_of(m) for m in forgetting.members if forgetting.kind_of(m) != "general"
+    } == {
+        "general_ppl": "perplexity",
+        "pubmedqa_ppl": "perplexity",
+    }
+    # MMLU is averaged as lm-eval averages it: by size, for both MMLU members.
+    assert forgetting.weighted == {"mmlu_general"}
+    assert declared["medical"].weighted == {"mmlu_medical"}
+
+
+def test_general_mmlu_is_mmlu_without_the_medical_subjects() -> None:
+    manager = task_manager(names=["mmlu_general", "mmlu"])
+    general = set(leaf_tasks(manager, "mmlu_general"))
+    everything = set(leaf_tasks(manager, "mmlu"))
+    medical = {t.removeprefix("mm_") for t in MMLU_MEDICAL}
+    assert len(everything) == 57 and general == everything - medical
+    # asking for mergemed's group alone indexes lm-eval's own tasks it lists
+    alone = task_manager(names=["mmlu_general"])
+    assert set(leaf_tasks(alone, "mmlu_general")) == general
 
 
 def test_task_flags_come_from_the_yaml(own) -> None:
