@@ -16,7 +16,17 @@ import traceback
 
 import typer
 
-from mergemed.cli import demo, evaluate, inspect_models, merge, methods, plan, train, validate
+from mergemed.cli import (
+    demo,
+    evaluate,
+    grid,
+    inspect_models,
+    merge,
+    methods,
+    plan,
+    train,
+    validate,
+)
 from mergemed.cli.render import console, print_error
 from mergemed.errors import MergemedError
 from mergemed.redact import redact
@@ -39,6 +49,7 @@ app = typer.Typer(
 app.command()(merge.merge)
 app.command()(evaluate.evaluate)
 app.add_typer(train.train_app, name="train")
+app.add_typer(grid.grid_app, name="grid")
 app.command()(plan.plan)
 app.command("inspect")(inspect_models.inspect_models)
 app.command()(validate.validate)

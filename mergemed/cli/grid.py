@@ -1,0 +1,137 @@
+"""``mergemed grid``: search merge schedules (``grid SPACE``), show a run (``grid show RUN``).
+
+``mergemed grid SPACE.yaml`` is short for ``mergemed grid run SPACE.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from mergemed.cli.render import console, stdout
+
+
+class _RunByDefault(TyperGroup):
+    """A group whose first argument, when it is not a subcommand, is ``run``'s."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+grid_app = typer.Typer(
+    cls=_RunByDefault,
+    help="Search merge schedules for the best domain gain for the least forgetting.",
+    no_args_is_help=True,
+)
+
+
+@grid_app.command("run")
+def run(
+    space: Annotated[Path, typer.Argument(help="Search space YAML.")],
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run folder (default runs/<space name>).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL shared by workers (default: SQLite in the run folder); "
+            "a password comes from $MERGEMED_STORAGE_PASSWORD or $PGPASSWORD."
+        ),
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Finished trials to reach.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run more than max_trials.")] = False,
+    device: Annotated[str, typer.Option(help="Where candidates are merged.")] = "cpu",
+) -> None:
+    """Run (or continue) the search in SPACE until it has its trials."""
+    import time
+
+    from mergemed.search.study import leaderboard, run_search
+
+    started = time.time()
+
+    def on_trial(record: dict[str, Any]) -> None:
+        values = ", ".join(f"{v:+.4f}" for v in record["values"] or [])
+        console.print(f"trial {record['number']}: {escape(str(record['choice']))} -> {values}")
+
+    result = run_search(
+        space, run_dir, storage=storage, trials=trials, yes=yes, device=device, on_trial=on_trial
+    )
+    board = leaderboard(result)
+    _print_board(board)
+    console.print(
+        f"{len(board['trials'])} finished trials in {result.folder} "
+        f"(storage {escape(result.shown_storage)}), {time.time() - started:.1f} s"
+    )
+
+
+@grid_app.command("show")
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A search's run folder.")],
+    sort: Annotated[
+        str, typer.Option(help="Sort by domain_gain, forgetting or value.")
+    ] = "domain_gain",
+) -> None:
+    """Print a search's leaderboard and Pareto front; write pareto.json and pareto.png."""
+    from mergemed.errors import MergemedError
+    from mergemed.search.plot import plot_front
+    from mergemed.search.study import leaderboard, reopen_run
+
+    if sort not in ("domain_gain", "forgetting", "value"):
+        raise MergemedError(f"--sort {sort}: expected domain_gain, forgetting or value")
+    run = reopen_run(run_dir)
+    board = leaderboard(run)
+    _print_board(board, sort)
+    front = [row for row in board["trials"] if row["pareto"]]
+    (run.folder / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
+    picture = plot_front(board, run.folder / "pareto.png")
+    console.print(f"Pareto front: {run.folder / 'pareto.json'}, {picture}")
+
+
+def _value(figure: dict[str, Any] | None) -> str:
+    if not figure:
+        return "-"
+    stderr = figure.get("stderr")
+    return f"{figure['value']:+.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
+def _print_board(board: dict[str, Any], sort: str = "domain_gain") -> None:
+    rows = list(board["trials"])
+
+    def key(row: dict[str, Any]) -> float:
+        if sort == "value":
+            return -(row["values"] or [0])[0]
+        figure = row.get(sort) or {}
+        value = figure.get("value", float("nan"))
+        return value if sort == "forgetting" else -value
+
+    rows.sort(key=key)
+    table = Table(title=f"search {board['study']}")
+    for column in (
+        "trial",
+        "candidate",
+        "domain gain",
+        "forgetting",
+        "Pareto",
+        "merge s",
+        "score s",
+    ):
+        table.add_column(column, justify="right" if column != "candidate" else "left")
+    for row in rows:
+        table.add_row(
+            str(row["trial"]),
+            escape(", ".join(f"{k}={v}" for k, v in (row["choice"] or {}).items())),
+            _value(row["domain_gain"]),
+            _value(row["forgetting"]),
+            "*" if row["pareto"] else "",
+            f"{row['merge_seconds'] or 0:.1f}",
+            f"{row['evaluate_seconds'] or 0:.1f}",
+        )
+    stdout.print(table)

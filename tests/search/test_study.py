@@ -1,0 +1,234 @@
+"""Searches with real Optuna, real lm-eval and tiny local models: every stored score equals
+merging that candidate to disk and evaluating it; a killed search resumes to the same table;
+two workers (SQLite, and a throw-away PostgreSQL cluster) never run a candidate twice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+
+pytest.importorskip("optuna")
+pytest.importorskip("lm_eval")
+
+from mergemed.engine import merge
+from mergemed.evaluation import evaluate
+from mergemed.search.study import leaderboard, reopen_run, run_search
+
+pytestmark = pytest.mark.slow
+
+TASKS = ["mm_pubmedqa", "ifeval_med"]
+LIMIT = 6
+SETTINGS = {"gen_kwargs": "max_gen_toks=24"}
+
+
+def write_space(folder: Path, instruct: Path, clinical: Path) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            recipe:
+              merge_method: slerp
+              base_model: {instruct}
+              models:
+                - model: {instruct}
+                - model: {clinical}
+              parameters:
+                t:
+                  - filter: self_attn
+                    value: 0.5
+                  - value: 0.5
+            vary:
+              attn: {{path: parameters.t.0.value, values: [0.1, 0.9]}}
+              rest: {{path: parameters.t.1.value, low: 0.2, high: 0.8, step: 0.6}}
+            score:
+              tasks: {TASKS}
+              limit: {LIMIT}
+              clinical: {clinical}
+              instruct: {instruct}
+              settings: {{gen_kwargs: "max_gen_toks=24"}}
+            """
+        )
+    )
+    return path
+
+
+def table(run) -> dict:
+    """choice -> (domain gain, forgetting), for comparing two runs."""
+    return {
+        tuple(sorted(row["choice"].items())): (row["domain_gain"], row["forgetting"])
+        for row in leaderboard(run)["trials"]
+    }
+
+
+def test_stored_scores_equal_merging_each_candidate_to_disk(tiny_eval_models, tmp_path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    run = run_search(space, tmp_path / "run")
+    board = leaderboard(run)
+    assert len(board["trials"]) == 4
+    assert len({tuple(sorted(r["choice"].items())) for r in board["trials"]}) == 4
+    for row in board["trials"]:
+        recipe = tmp_path / f"candidate-{row['trial']}.yaml"
+        recipe.write_text(row["recipe"])
+        folder = tmp_path / f"merged-{row['trial']}"
+        merge(recipe, folder)
+        report = evaluate(
+            folder,
+            tasks=TASKS,
+            limit=LIMIT,
+            against={"clinical": clinical, "instruct": instruct},
+            store=False,
+            **SETTINGS,
+        )
+        summary = report.trade_off.as_dict()
+        assert row["domain_gain"] == summary["domain_gain"]
+        assert row["forgetting"] == summary["forgetting"]
+        stored = reopen_run(run.folder)
+        assert stored.study_name == run.study_name
+    # nothing but the run folder was written: no candidate weights
+    assert not list((tmp_path / "run").rglob("*.safetensors"))
+    # show works from the folder alone and writes the front
+    result = run_cli("grid", "show", str(run.folder))
+    assert result.returncode == 0, result.stderr
+    assert (run.folder / "pareto.png").stat().st_size > 0
+    assert (run.folder / "pareto.json").is_file()
+
+
+WORKER = """
+import os, signal, sys
+from mergemed.search.study import run_search
+kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+seen = []
+def on_trial(record):
+    seen.append(record)
+    if kill_after and len(seen) >= kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_search(sys.argv[1], sys.argv[2], storage=os.environ.get("STORAGE") or None, on_trial=on_trial)
+"""
+
+
+def worker(space: Path, folder: Path, *extra: str, storage: str | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STORAGE": storage or ""}
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(space), str(folder), *extra], env=env
+    )
+
+
+def test_a_killed_search_resumes_to_the_uninterrupted_table(tiny_eval_models, tmp_path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    killed = worker(space, tmp_path / "killed", "2")
+    assert killed.wait(timeout=600) == -signal.SIGKILL
+    partial = reopen_run(tmp_path / "killed")
+    assert len(leaderboard(partial)["trials"]) == 2
+    resumed = worker(space, tmp_path / "killed")
+    assert resumed.wait(timeout=600) == 0
+    whole = run_search(space, tmp_path / "whole")
+    assert table(reopen_run(tmp_path / "killed")) == table(whole)
+    assert len(table(whole)) == 4
+
+
+def test_another_space_in_the_same_run_folder_is_refused(tiny_eval_models, tmp_path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    from mergemed.search.study import open_run
+
+    open_run(space, tmp_path / "run")
+    space.write_text(space.read_text().replace("0.9]", "0.8]"))
+    result = run_cli("grid", str(space), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "holds a search of another space" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_two_workers_on_sqlite_run_each_candidate_once(tiny_eval_models, tmp_path) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    workers = [worker(space, tmp_path / "run") for _ in range(2)]
+    assert [w.wait(timeout=900) for w in workers] == [0, 0]
+    rows = leaderboard(reopen_run(tmp_path / "run"))["trials"]
+    choices = [tuple(sorted(r["choice"].items())) for r in rows]
+    assert len(choices) == 4 and len(set(choices)) == 4
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL 15 cluster on a Unix socket, stopped at the end."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL is not installed")
+    pytest.importorskip("psycopg2")
+    folder = Path(tempfile.mkdtemp(prefix="mergemed-pg-"))
+    folder.chmod(0o777)
+    # initdb and postgres refuse to run as root
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run(
+        [*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "mergemed", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses='' -k {folder} -p {port}"
+    subprocess.run(
+        [
+            *as_user,
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(folder / "log"),
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg2://mergemed@/postgres?host={folder}&port={port}"
+    finally:
+        subprocess.run(
+            [*as_user, "pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_run_each_candidate_once(
+    tiny_eval_models, tmp_path, postgres
+) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    # each machine has its own run folder; the storage is what they share
+    workers = [worker(space, tmp_path / f"machine-{i}", storage=postgres) for i in range(2)]
+    assert [w.wait(timeout=900) for w in workers] == [0, 0]
+    rows = leaderboard(reopen_run(tmp_path / "machine-0"))["trials"]
+    choices = [tuple(sorted(r["choice"].items())) for r in rows]
+    assert len(choices) == 4 and len(set(choices)) == 4
+
+
+def test_an_unreachable_storage_is_one_line_with_the_password_masked(
+    tiny_eval_models, tmp_path
+) -> None:
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg2://user:s3cret-pass@127.0.0.1:{port}/db"
+    result = run_cli("grid", str(space), "--run-dir", str(tmp_path / "run"), "--storage", url)
+    assert result.returncode == 2, result.stderr
+    assert "cannot be used" in result.stderr and "s3cret-pass" not in result.stderr
+    assert "s3cret-pass" not in (tmp_path / "run" / "search.json").read_text()
