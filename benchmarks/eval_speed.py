@@ -102,8 +102,10 @@ def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    begin = time.perf_counter()
     documents = json.loads(os.environ["BENCH_SAMPLES"])  # None: the whole task
     lm = HFLM(pretrained=folder, device="cpu", dtype="float32", batch_size=8)
+    call = time.perf_counter()
     output = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
@@ -115,7 +117,10 @@ def _run_lm_eval(folder: str, tasks: list[str], limit: int, out: str) -> None:
         apply_chat_template=True,
         log_samples=True,
     )
-    Path(out).write_text(json.dumps({t: output["results"][t] for t in tasks}, default=str))
+    inside = time.perf_counter() - call
+    timing = {"inside": inside, "outside": time.perf_counter() - begin - inside}
+    results = {t: output["results"][t] for t in tasks}
+    Path(out).write_text(json.dumps({**results, "_timing": timing}, default=str))
 
 
 def _run_mergemed(folder: str, tasks: list[str], limit: int, out: str, store: str) -> None:
@@ -126,6 +131,13 @@ def _run_mergemed(folder: str, tasks: list[str], limit: int, out: str, store: st
     backend = BackendSettings(
         backend=name, device="cpu", dtype="float32", **(vllm if name == "vllm" else {})
     )
+    task_seconds: list[float] = []
+
+    def on_event(event: str, details) -> None:
+        if event == "task_done":
+            task_seconds.append(details["seconds"])
+
+    begin = time.perf_counter()
     report = evaluate(
         folder,
         tasks=tasks,
@@ -133,9 +145,12 @@ def _run_mergemed(folder: str, tasks: list[str], limit: int, out: str, store: st
         chat_template="on",
         store=store if store else False,
         backend=backend,
+        on_event=on_event,
     )
-    results = report.models[0].lm_eval["results"]
-    Path(out).write_text(json.dumps({t: results[t] for t in tasks}, default=str))
+    inside = sum(task_seconds)
+    timing = {"inside": inside, "outside": time.perf_counter() - begin - inside}
+    results = {t: report.models[0].lm_eval["results"][t] for t in tasks}
+    Path(out).write_text(json.dumps({**results, "_timing": timing}, default=str))
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
@@ -188,6 +203,7 @@ def main() -> None:
         )
     timings: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in runs}
     outcome: dict[str, tuple[int, dict | None]] = {}
+    accounts: dict[str, list[dict[str, float]]] = {}
     for round_number in range(arguments.rounds):
         for index, (label, command, store_path, backend) in enumerate(runs):
             out = scratch / f"{round_number}-{index}.json"
@@ -207,6 +223,8 @@ def main() -> None:
             seconds, rss, code = timed(arguments_list, child_env)
             scores = json.loads(out.read_text()) if code == 0 and out.exists() else None
             timings[label].append((seconds, rss))
+            if scores is not None and "_timing" in scores:
+                accounts.setdefault(label, []).append(scores.pop("_timing"))
             if code != 0 or label not in outcome:
                 outcome[label] = (code, scores)
     reference = outcome[runs[0][0]][1]
@@ -244,6 +262,15 @@ def main() -> None:
         for label, *_, runs_of in rows
     )
     table += "\n\nwall s of each round (median in the table)  \n" + rounds + "  \n"
+    table += (
+        "\nIn-process accounting (median s; inside = the lm-eval call(s) themselves, outside "
+        "= everything else the call to lm-eval or to mergemed did after imports: model load, "
+        "task index, and for mergemed weight hashing, sample draw, fit check):  \n"
+    )
+    for label, entries in accounts.items():
+        inside = statistics.median(e["inside"] for e in entries)
+        outside = statistics.median(e["outside"] for e in entries)
+        table += f"{label}: inside {inside:.1f}, outside {outside:.1f}  \n"
     mergemed_row = next(r for r in rows if r[0] == "mergemed")
     own_row = next(r for r in rows if r[0] == "lm-eval, own task folder only")
     table += (
