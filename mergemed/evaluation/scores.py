@@ -202,11 +202,10 @@ def summarise(
             scores: dict[str, Score] = {}
             for label, by_task in task_scores.items():
                 if tasks and all(t in by_task for t in tasks):
-                    chosen = [by_task[t] for t in tasks]
-                    scores[label] = (
-                        weighted_mean(chosen, [known_sizes[label][t] for t in tasks])
-                        if by_size
-                        else mean(chosen)
+                    scores[label] = _member_mean(
+                        [by_task[t] for t in tasks],
+                        tasks,
+                        known_sizes[label] if by_size else None,
                     )
                     member_scores[label][member] = scores[label]
             if not scores:
@@ -312,14 +311,16 @@ def _member_change(
         )
         combine = weighted_paired_difference if sizes else paired_mean_of_differences
         return combine(pairs), "paired", pooled
-    if sizes:
-        weights = [sizes[t] for t in tasks]
-        first_score = weighted_mean([task_scores[first][t] for t in tasks], weights)
-        second_score = weighted_mean([task_scores[second][t] for t in tasks], weights)
-    else:
-        first_score = mean([task_scores[first][t] for t in tasks])
-        second_score = mean([task_scores[second][t] for t in tasks])
+    first_score = _member_mean([task_scores[first][t] for t in tasks], tasks, sizes)
+    second_score = _member_mean([task_scores[second][t] for t in tasks], tasks, sizes)
     return difference(first_score, second_score), "independent", None
+
+
+def _member_mean(
+    scores: Sequence[Score], tasks: Sequence[str], sizes: Mapping[str, int] | None
+) -> Score:
+    """A member's score from its tasks' scores: by size when ``sizes`` is given."""
+    return weighted_mean(scores, [sizes[t] for t in tasks]) if sizes else mean(scores)
 
 
 def _compare(
