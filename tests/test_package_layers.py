@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "evaluation": 5,
     "train": 5,
     "validation": 6,
+    "search": 6,
     "demo": 6,
     "cli": 7,
 }

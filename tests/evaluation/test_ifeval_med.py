@@ -205,7 +205,7 @@ def test_build_is_deterministic_and_matches_shipped(tmp_path: Path) -> None:
 def test_shipped_prompts_use_real_pubmedqa_test_questions(shipped_docs, build_module) -> None:
     source = _pubmedqa_source()
     questions = build_module.load_questions(source)
-    assert len(shipped_docs) == build_module.NUM_PROMPTS == 200
+    assert len(shipped_docs) == build_module.WORDING["num_prompts"] == 200
     assert len({doc["key"] for doc in shipped_docs}) == len(shipped_docs)
     for doc in shipped_docs:
         assert questions[str(doc["key"])] in doc["prompt"]
@@ -231,12 +231,7 @@ def test_shipped_instructions_are_valid_for_lm_eval(punkt_cache, shipped_docs, b
                 assert other not in conflicts[name], (doc["key"], name, other)
         seen.update(ids)
     assert len(seen) >= 20  # most of the registry is exercised
-    build_module.validate(shipped_docs)
-    # The builder's own rules never allow a pair the registry forbids, whatever the seed.
-    for a in build_module.INSTRUCTIONS:
-        for b in build_module.INSTRUCTIONS:
-            if a != b and b in conflicts[a]:
-                assert not build_module.compatible(a, b), (a, b)
+    build_module.ifeval_builder.validate(shipped_docs)
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -353,6 +348,13 @@ def test_data_dir_override(task_utils, tmp_path: Path, monkeypatch: pytest.Monke
     other.mkdir()
     assert task_utils.data_file(other) == SHIPPED
     assert len(task_utils.load(data_dir=str(other))["test"]) == len(task_utils.load()["test"])
+    # A task folder without the file, or a data_dir that is no folder, is an error, not a
+    # silent fallback to the shipped prompts.
+    (other / "ifeval_med").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"ifeval_med\.jsonl not found"):
+        task_utils.data_file(other)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        task_utils.data_file(tmp_path / "ifeval_med" / "ifeval_med.jsonl")
 
 
 # ---------------------------------------------------------------------------------- lm-eval

@@ -278,11 +278,7 @@ def test_ifeval_general_records_are_valid_for_lm_eval(punkt_cache, ifg_docs, ifg
                 assert other not in conflicts[name], (doc["key"], name, other)
         seen.update(ids)
     assert len(seen) >= 20  # most of the registry is exercised
-    ifg_build.validate(ifg_docs)
-    for a in ifg_build.INSTRUCTIONS:
-        for b in ifg_build.INSTRUCTIONS:
-            if a != b and b in conflicts[a]:
-                assert not ifg_build.compatible(a, b), (a, b)
+    ifg_build.ifeval_builder.validate(ifg_docs, ifg_build.EXCLUDED_WORDS)
 
 
 def test_ifeval_general_quotes_real_definitions(ifg_docs, ifg_build) -> None:
@@ -290,7 +286,8 @@ def test_ifeval_general_quotes_real_definitions(ifg_docs, ifg_build) -> None:
     flat = " ".join(re.sub(r"-\n(?=\S)", "-", text).split())
     words = [d for d in ifg_docs if d["key"] < 20000]
     topics = [d for d in ifg_docs if d["key"] >= 20000]
-    assert len(words) == ifg_build.NUM_WORD_PROMPTS and len(topics) == len(ifg_build.TOPICS)
+    assert len(words) == ifg_build.WORDING["num_word_prompts"]
+    assert len(topics) == len(ifg_build.WORDING["topics"])
     for doc in words:
         # Every word template quotes the word first and its definition second.
         word, definition = re.findall(r'"([^"]*)"', doc["prompt"])[:2]
