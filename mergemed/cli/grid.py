@@ -1,4 +1,5 @@
-"""``mergemed grid``: search merge schedules (``grid SPACE``), show a run (``grid show RUN``).
+"""``mergemed grid``: search merge schedules (``grid SPACE``), show a run (``grid show RUN``),
+export its best candidates (``grid export RUN --top K -o DIR``).
 
 ``mergemed grid SPACE.yaml`` is short for ``mergemed grid run SPACE.yaml``.
 """
@@ -76,16 +77,15 @@ def run(
 def show(
     run_dir: Annotated[Path, typer.Argument(help="A search's run folder.")],
     sort: Annotated[
-        str, typer.Option(help="Sort by domain_gain, forgetting or value.")
-    ] = "domain_gain",
+        str,
+        typer.Option(help="Sort by rank (Pareto front first), domain_gain, forgetting or value."),
+    ] = "rank",
 ) -> None:
-    """Print a search's leaderboard and Pareto front; write pareto.json and pareto.png."""
-    from mergemed.errors import MergemedError
+    """Print a search's leaderboard and Pareto front; write pareto.json and pareto.png (also
+    while the search runs)."""
     from mergemed.search.plot import plot_front
     from mergemed.search.study import leaderboard, reopen_run
 
-    if sort not in ("domain_gain", "forgetting", "value"):
-        raise MergemedError(f"--sort {sort}: expected domain_gain, forgetting or value")
     run = reopen_run(run_dir)
     board = leaderboard(run)
     _print_board(board, sort)
@@ -95,6 +95,45 @@ def show(
     console.print(f"Pareto front: {run.folder / 'pareto.json'}, {picture}")
 
 
+@grid_app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A search's run folder.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the checkpoints.")],
+    top: Annotated[int, typer.Option(help="How many of the best candidates.")] = 1,
+    sort: Annotated[
+        str, typer.Option(help="What best means: rank, domain_gain, forgetting or value.")
+    ] = "rank",
+    device: Annotated[str, typer.Option(help="Where the merges run.")] = "cpu",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing folders.")
+    ] = False,
+) -> None:
+    """Merge the best candidates of a search to full checkpoints (with their recipes)."""
+    import time
+
+    from mergemed.search.export import export_candidates
+    from mergemed.search.study import reopen_run
+
+    started = time.time()
+
+    def on_start(row: dict[str, Any], folder: Path) -> None:
+        console.print(f"trial {row['trial']} -> {escape(str(folder))}")
+
+    written = export_candidates(
+        reopen_run(run_dir),
+        output,
+        top=top,
+        sort=sort,
+        device=device,
+        overwrite=overwrite,
+        on_start=on_start,
+    )
+    console.print(
+        f"exported {len(written)} candidates to {escape(str(Path(output).absolute()))} "
+        f"(export.json lists them), {time.time() - started:.1f} s"
+    )
+
+
 def _value(figure: dict[str, Any] | None) -> str:
     if not figure:
         return "-"
@@ -102,17 +141,10 @@ def _value(figure: dict[str, Any] | None) -> str:
     return f"{figure['value']:+.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
 
 
-def _print_board(board: dict[str, Any], sort: str = "domain_gain") -> None:
-    rows = list(board["trials"])
+def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
+    from mergemed.search.export import ranked_trials
 
-    def key(row: dict[str, Any]) -> float:
-        if sort == "value":
-            return -(row["values"] or [0])[0]
-        figure = row.get(sort) or {}
-        value = figure.get("value", float("nan"))
-        return value if sort == "forgetting" else -value
-
-    rows.sort(key=key)
+    rows = ranked_trials(board, sort)
     table = Table(title=f"search {board['study']}")
     for column in (
         "trial",

@@ -110,3 +110,37 @@ def test_pareto_front_closed_form_with_ties_and_dominated_duplicates() -> None:
     assert pareto_front(points, (True, False)) == [0, 1, 2, 5]
     assert pareto_front([], (True, False)) == []
     assert pareto_front([(1.0, 1.0)], (True, True)) == [0]
+
+
+SHIPPED_SPACES = sorted((Path(__file__).resolve().parents[2] / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPACES, ids=lambda p: p.name)
+def test_shipped_search_spaces_load_and_name_real_tasks(path: Path) -> None:
+    """Each example under search/ loads (every grid candidate, or both ends of each range, is a
+    valid recipe), varies the components its comments name, and scores on tasks and suites
+    that mergemed ships."""
+    from mergemed.evaluation.suites import suites, task_manager
+
+    space = load_space(path)
+    assert space.base_recipe()["merge_method"] == "slerp"
+    filters = [entry.get("filter") for entry in space.base_recipe()["parameters"]["t"]]
+    assert filters[:2] == ["self_attn", "mlp"]
+    for name in ("attention_t", "mlp_t"):
+        assert space.vary[name].path == f"parameters.t.{0 if name == 'attention_t' else 1}.value"
+    if space.strategy == "grid":
+        assert grid_size(space) == len(space.vary["attention_t"].values) * len(
+            space.vary["mlp_t"].values
+        )
+    else:
+        assert space.trials and space.trials <= space.max_trials
+    manager = task_manager(names=None)
+    known = set(manager.all_tasks)
+    for task in space.score.tasks:
+        assert task in known, task
+    assert set(space.score.suites) <= set(suites(manager)), space.score.suites
+
+
+def test_shipped_examples_cover_gatortron_and_definemed() -> None:
+    recipes = {load_space(p).recipe for p in SHIPPED_SPACES}
+    assert recipes == {"../recipes/gatortron_llama.yaml", "../recipes/definemed_qwen.yaml"}

@@ -4,6 +4,7 @@ two workers (SQLite, and a throw-away PostgreSQL cluster) never run a candidate 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,13 +16,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import run_cli
+from safetensors.torch import load_file
 
 pytest.importorskip("optuna")
 pytest.importorskip("lm_eval")
 
 from mergemed.engine import merge
 from mergemed.evaluation import evaluate
+from mergemed.search.export import ranked_trials
 from mergemed.search.study import leaderboard, reopen_run, run_search
 
 pytestmark = pytest.mark.slow
@@ -102,6 +106,30 @@ def test_stored_scores_equal_merging_each_candidate_to_disk(tiny_eval_models, tm
     assert result.returncode == 0, result.stderr
     assert (run.folder / "pareto.png").stat().st_size > 0
     assert (run.folder / "pareto.json").is_file()
+    # export: the two best by rank, merged through the engine, equal those candidates merged
+    # to disk above, each with its recipe
+    best = tmp_path / "best"
+    result = run_cli("grid", "export", str(run.folder), "--top", "2", "-o", str(best))
+    assert result.returncode == 0, result.stderr
+    listing = json.loads((best / "export.json").read_text())["exported"]
+    assert [e["trial"] for e in listing] == [r["trial"] for r in ranked_trials(board)[:2]]
+    for entry in listing:
+        folder = Path(entry["folder"])
+        assert folder == best / f"trial-{entry['trial']}"
+        assert weights(folder).keys() == weights(tmp_path / f"merged-{entry['trial']}").keys()
+        for name, tensor in weights(folder).items():
+            assert torch.equal(tensor, weights(tmp_path / f"merged-{entry['trial']}")[name])
+        assert (folder / "recipe.yaml").is_file()
+    again = run_cli("grid", "export", str(run.folder), "--top", "0", "-o", str(tmp_path / "x"))
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "--top 0" in again.stderr and not (tmp_path / "x").exists()
+
+
+def weights(folder: Path) -> dict:
+    tensors = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
 
 
 WORKER = """
