@@ -59,8 +59,14 @@ def run(
     started = time.time()
 
     def on_trial(record: dict[str, Any]) -> None:
-        values = ", ".join(f"{v:+.4f}" for v in record["values"] or [])
-        console.print(f"trial {record['number']}: {escape(str(record['choice']))} -> {values}")
+        if record.get("stopped_at") is not None:
+            outcome = (
+                f"stopped at {record['stopped_at']} documents "
+                f"(trial {record['beaten_by']} is better)"
+            )
+        else:
+            outcome = ", ".join(f"{v:+.4f}" for v in record["values"] or [])
+        console.print(f"trial {record['number']}: {escape(str(record['choice']))} -> {outcome}")
 
     result = run_search(
         space, run_dir, storage=storage, trials=trials, yes=yes, device=device, on_trial=on_trial
@@ -83,6 +89,7 @@ def show(
 ) -> None:
     """Print a search's leaderboard and Pareto front; write pareto.json and pareto.png (also
     while the search runs)."""
+    from mergemed.search.export import ranked_trials
     from mergemed.search.plot import plot_front
     from mergemed.search.study import leaderboard, reopen_run
 
@@ -91,7 +98,8 @@ def show(
     _print_board(board, sort)
     front = [row for row in board["trials"] if row["pareto"]]
     (run.folder / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
-    picture = plot_front(board, run.folder / "pareto.png")
+    ranked = ranked_trials(board)
+    picture = plot_front(board, run.folder / "pareto.png", ranked[0] if ranked else None)
     console.print(f"Pareto front: {run.folder / 'pareto.json'}, {picture}")
 
 
@@ -152,6 +160,7 @@ def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
         "domain gain",
         "forgetting",
         "Pareto",
+        "documents",
         "merge s",
         "score s",
     ):
@@ -163,7 +172,21 @@ def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
             _value(row["domain_gain"]),
             _value(row["forgetting"]),
             "*" if row["pareto"] else "",
+            _documents(row),
             f"{row['merge_seconds'] or 0:.1f}",
             f"{row['evaluate_seconds'] or 0:.1f}",
         )
     stdout.print(table)
+    cost = board.get("cost") or {}
+    if cost.get("saved"):
+        console.print(
+            f"multi-fidelity: {cost['documents']} documents scored against "
+            f"{cost['documents_without_fidelity']} on full samples ({cost['saved']:.0%} saved)"
+        )
+
+
+def _documents(row: dict[str, Any]) -> str:
+    scored = str(row.get("documents") or "-")
+    if row.get("stopped_at") is not None:
+        return f"{scored} (stopped at {row['stopped_at']}: trial {row['beaten_by']} better)"
+    return scored

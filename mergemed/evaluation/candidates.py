@@ -30,10 +30,13 @@ class Candidate:
     in_memory: Any = None
     weights_hash: str = ""
     tokenizer_folder: Path | None = None
+    owns_memory: bool = False
+    """Whether ``in_memory`` was merged here (from a recipe) and is freed by :meth:`close`; a
+    merge the caller passed in stays the caller's, to score again (multi-fidelity rungs)."""
 
     def close(self) -> None:
-        """Free a merge held in memory."""
-        if self.in_memory is not None:
+        """Free a merge this candidate made in memory."""
+        if self.in_memory is not None and self.owns_memory:
             self.in_memory.cleanup()
 
 
@@ -92,6 +95,7 @@ def load_candidate(
         merged = merge_to_memory(path, allow_pickle=allow_pickle)
         candidate = _from_memory(merged, role, f"recipe {path}")
         candidate.label = path.stem
+        candidate.owns_memory = True
         return candidate
     check_model_folder(path)
     return Candidate(

@@ -14,6 +14,7 @@ vary:
 score:
   tasks: [mm_pubmedqa, ifeval_med]          # or suites: [medical, forgetting]
   limit: 100                                # the same stratified sample for every candidate
+  fidelity: [20, 50]                        # optional: score on 20, then 50, then 100 documents
   clinical: models/GatorTronLlama-8B
   instruct: meta-llama/Llama-3.1-8B-Instruct
 objectives: [domain_gain, forgetting]       # or [weighted] (gain − forgetting_weight·forgetting)
@@ -91,6 +92,11 @@ class Scoring(BaseModel):
     suites: list[str] = []
     limit: float | None = 100
     """Documents per task (an int, or a fraction below 1); the same for every candidate."""
+    fidelity: list[int] = []
+    """Smaller samples to score first, ascending and below ``limit`` (multi-fidelity): a
+    candidate goes on to the next size only while no candidate already scored at this size is
+    significantly better on every objective (paired, same documents; see
+    :mod:`mergemed.search.fidelity`)."""
     clinical: str
     """The clinical (domain) parent, for retention."""
     instruct: str
@@ -102,6 +108,15 @@ class Scoring(BaseModel):
     def _something(self) -> Scoring:
         if not self.tasks and not self.suites:
             raise ValueError("give tasks or suites to score candidates on")
+        if self.fidelity:
+            if self.limit is None or self.limit < 1 or self.limit != int(self.limit):
+                raise ValueError("fidelity needs limit as a number of documents (an integer)")
+            sizes = [*self.fidelity, int(self.limit)]
+            if any(size < 2 for size in sizes) or sizes != sorted(set(sizes)):
+                raise ValueError(
+                    f"fidelity: expected ascending sample sizes of at least 2, each below "
+                    f"limit {int(self.limit)}"
+                )
         return self
 
 
@@ -161,7 +176,8 @@ class SearchSpace(BaseModel):
         identity = {
             "recipe": self.base_recipe(),
             "vary": {k: v.model_dump() for k, v in self.vary.items()},
-            "score": self.score.model_dump(),
+            # (fidelity left out when unused: spaces from before it existed keep their print)
+            "score": self.score.model_dump(exclude=set() if self.score.fidelity else {"fidelity"}),
             "objectives": self.objectives,
             "forgetting_weight": self.forgetting_weight,
             "strategy": self.strategy,

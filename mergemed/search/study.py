@@ -19,6 +19,7 @@ from typing import Any
 
 from mergemed.errors import MergemedError
 from mergemed.redact import redact
+from mergemed.search.fidelity import beaten_by, documents, rung_record
 from mergemed.search.space import (
     SearchError,
     SearchSpace,
@@ -286,7 +287,6 @@ def run_search(
     """
 
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     from mergemed.engine import MergeOptions, merge_job_to_memory, prepare_merge
@@ -323,43 +323,89 @@ def run_search(
                 # two workers at once); the lower trial number keeps it.
                 raise optuna.TrialPruned("another worker scores this candidate")
             recipe = candidate_recipe(space, choice, base)
-            begin = time.time()
-            merged = merge_job_to_memory(job.replan(recipe))
-            merge_seconds = time.time() - begin
-            try:
-                report = evaluate(merged, settings, against=parents, store=store)
-            finally:
-                merged.cleanup()
-            summary = report.trade_off.as_dict()
             trial.set_user_attr("choice", choice)
             trial.set_user_attr("recipe", recipe.to_yaml())
-            trial.set_user_attr("summary", summary)
-            trial.set_user_attr("merge_seconds", round(merge_seconds, 3))
-            trial.set_user_attr("evaluate_seconds", round(report.seconds, 3))
-            trial.set_user_attr("weights_sha256", report.models[0].weights_hash)
+            begin = time.time()
+            merged = merge_job_to_memory(job.replan(recipe))
+            trial.set_user_attr("merge_seconds", round(time.time() - begin, 3))
+            try:
+                return _score_by_rungs(trial, merged)
+            finally:
+                merged.cleanup()
+
+        def _score_by_rungs(trial: Any, merged: Any) -> Any:
+            rungs = [*space.score.fidelity, space.score.limit]
+            scored, seconds = 0, 0.0
+            for index, size in enumerate(rungs):
+                rung_settings = settings.model_copy(update={"limit": size})
+                report = evaluate(merged, rung_settings, against=parents, store=store)
+                record = rung_record(report)
+                scored += documents(record)
+                seconds += report.seconds
+                summary = report.trade_off.as_dict()
+                for name, value in (
+                    ("summary", summary),
+                    ("documents", scored),
+                    ("evaluate_seconds", round(seconds, 3)),
+                    ("weights_sha256", report.models[0].weights_hash),
+                ):
+                    trial.set_user_attr(name, value)
+                if index == len(rungs) - 1:
+                    trial.set_user_attr("full_documents", documents(record))
+                    break
+                trial.set_user_attr(f"rung{index}", record)
+                others = [
+                    (t.number, t.user_attrs[f"rung{index}"])
+                    for t in study.get_trials(deepcopy=False)
+                    if t.number != trial.number and f"rung{index}" in t.user_attrs
+                ]
+                winner = beaten_by(record, others, space.objectives, space.forgetting_weight)
+                if winner is not None:
+                    trial.set_user_attr("stopped_at", size)
+                    trial.set_user_attr("beaten_by", winner)
+                    raise optuna.TrialPruned(f"trial {winner} is better on {size} documents")
             values = objective_values(space, summary)
             return values if len(values) > 1 else values[0]
 
         def finished(study: Any, trial: Any) -> None:
-            if on_trial is not None and trial.state == TrialState.COMPLETE:
+            if on_trial is not None and (trial.state == TrialState.COMPLETE or _stopped(trial)):
                 on_trial(
                     {
                         "number": trial.number,
                         "choice": trial.user_attrs.get("choice"),
                         "values": trial.values,
+                        "stopped_at": trial.user_attrs.get("stopped_at"),
+                        "beaten_by": trial.user_attrs.get("beaten_by"),
                     }
                 )
+            if decided(study) >= wanted:
+                study.stop()
 
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        done = decided(study)
         if done < wanted:
             study.optimize(
                 objective,
                 # duplicates yielded to other workers and retries of dead ones count too
                 n_trials=2 * (wanted - done) + 2,
-                callbacks=[MaxTrialsCallback(wanted, states=(TrialState.COMPLETE,)), finished],
+                callbacks=[finished],
                 catch=(),
             )
     return run
+
+
+def _stopped(trial: Any) -> bool:
+    """Whether a trial was stopped by multi-fidelity (not a duplicate yielded to another)."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.PRUNED and "stopped_at" in trial.user_attrs
+
+
+def decided(study: Any) -> int:
+    """Candidates the search has settled: scored on the full sample, or stopped early."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sum(1 for t in trials if t.state == TrialState.COMPLETE or _stopped(t))
 
 
 def _claimed_earlier(study: Any, trial: Any) -> bool:
@@ -400,18 +446,22 @@ def objective_values(space: SearchSpace, summary: dict[str, Any]) -> list[float]
 
 
 def finished_trials(study: Any) -> list[Any]:
-    """The study's complete trials, by number."""
+    """The study's settled trials (complete, or stopped early by multi-fidelity), by number."""
     from optuna.trial import TrialState
 
-    return sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    settled = [t for t in trials if t.state == TrialState.COMPLETE or _stopped(t)]
+    return sorted(settled, key=lambda t: t.number)
 
 
 def leaderboard(run: SearchRun) -> dict[str, Any]:
-    """The finished trials with their figures and the Pareto front of domain gain against
-    forgetting (what ``mergemed grid show`` prints and writes as ``pareto.json``)."""
+    """The settled trials with their figures, the Pareto front of the space's objectives over
+    the candidates scored on the full sample, the parents' own point, and the evaluation cost
+    (what ``mergemed grid show`` prints and writes as ``pareto.json``)."""
     from mergemed.search.pareto import pareto_front
 
     study = load_study(run)
+    space = run.space
     rows = []
     for trial in finished_trials(study):
         summary = trial.user_attrs.get("summary", {})
@@ -422,14 +472,51 @@ def leaderboard(run: SearchRun) -> dict[str, Any]:
                 "domain_gain": summary.get("domain_gain"),
                 "forgetting": summary.get("forgetting"),
                 "values": trial.values,
+                "stopped_at": trial.user_attrs.get("stopped_at"),
+                "beaten_by": trial.user_attrs.get("beaten_by"),
+                "documents": trial.user_attrs.get("documents"),
                 "merge_seconds": trial.user_attrs.get("merge_seconds"),
                 "evaluate_seconds": trial.user_attrs.get("evaluate_seconds"),
                 "recipe": trial.user_attrs.get("recipe"),
             }
         )
-    scored = [r for r in rows if r["domain_gain"] and r["forgetting"]]
-    points = [(r["domain_gain"]["value"], r["forgetting"]["value"]) for r in scored]
-    front = {scored[i]["trial"] for i in pareto_front(points, (True, False))}
+    complete = [r for r in rows if r["stopped_at"] is None and r["values"]]
+    maximize = [o != "forgetting" for o in space.objectives]
+    front = {complete[i]["trial"] for i in pareto_front([r["values"] for r in complete], maximize)}
     for row in rows:
         row["pareto"] = row["trial"] in front
-    return {"study": run.study_name, "storage": run.shown_storage, "trials": rows}
+    # Every candidate's full sample is the same size, so a complete trial's tells all.
+    full = max((t.user_attrs.get("full_documents", 0) for t in finished_trials(study)), default=0)
+    spent = sum(r["documents"] or 0 for r in rows)
+    cost = {
+        "documents": spent,
+        "documents_without_fidelity": full * len(rows),
+        "saved": round(1 - spent / (full * len(rows)), 4) if full and rows else None,
+    }
+    parents = _parent_point(study, finished_trials(study))
+    return {
+        "study": run.study_name,
+        "storage": run.shown_storage,
+        "objectives": list(space.objectives),
+        "trials": rows,
+        "cost": cost,
+        "clinical_parent": parents,
+    }
+
+
+def _parent_point(study: Any, trials: list[Any]) -> dict[str, float] | None:
+    """The clinical parent's domain gain and forgetting against the instruct parent (from a
+    complete trial's summary, which scores both parents on the full sample)."""
+    for trial in trials:
+        if "stopped_at" in trial.user_attrs:
+            continue
+        summary = trial.user_attrs.get("summary", {})
+        domain, general = summary.get("domain_score", {}), summary.get("general_score", {})
+        clinical, instruct = summary.get("clinical"), summary.get("instruct")
+        point = {}
+        if domain.get(clinical) and domain.get(instruct):
+            point["domain_gain"] = domain[clinical]["value"] - domain[instruct]["value"]
+        if general.get(clinical) and general.get(instruct):
+            point["forgetting"] = general[instruct]["value"] - general[clinical]["value"]
+        return point or None
+    return None
