@@ -64,6 +64,7 @@ def closure(requirements: list[str]) -> set[str]:
 def imported_distributions(files: list[Path]) -> set[str]:
     """Distributions of the third-party modules ``files`` import (any depth)."""
     providers = metadata.packages_distributions()
+    local = {path.stem for path in files}  # a task folder's script importing its sibling
     found: set[str] = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -74,7 +75,7 @@ def imported_distributions(files: list[Path]) -> set[str]:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top == "mergemed":
+                if top in sys.stdlib_module_names or top == "mergemed" or top in local:
                     continue
                 found |= {_normal(d) for d in providers.get(top, [top])}
     return found

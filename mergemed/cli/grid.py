@@ -49,6 +49,10 @@ def run(
     ] = None,
     trials: Annotated[int | None, typer.Option(help="Finished trials to reach.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Run more than max_trials.")] = False,
+    max_trials: Annotated[
+        int | None,
+        typer.Option("--max-trials", help="Refuse more trials than this without --yes."),
+    ] = None,
     device: Annotated[str, typer.Option(help="Where candidates are merged.")] = "cpu",
 ) -> None:
     """Run (or continue) the search in SPACE until it has its trials."""
@@ -69,8 +73,17 @@ def run(
         console.print(f"trial {record['number']}: {escape(str(record['choice']))} -> {outcome}")
 
     result = run_search(
-        space, run_dir, storage=storage, trials=trials, yes=yes, device=device, on_trial=on_trial
+        space,
+        run_dir,
+        storage=storage,
+        trials=trials,
+        yes=yes,
+        max_trials=max_trials,
+        device=device,
+        on_trial=on_trial,
     )
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
     board = leaderboard(result)
     _print_board(board)
     console.print(

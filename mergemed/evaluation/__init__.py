@@ -6,7 +6,7 @@ domain gain, retention and forgetting with propagated standard errors.
 """
 
 from mergemed.evaluation.results import EvaluationReport, ModelEvaluation
-from mergemed.evaluation.runner import evaluate
+from mergemed.evaluation.runner import evaluate, preflight
 from mergemed.evaluation.scores import Score, TradeOff, summarise
 from mergemed.evaluation.settings import BackendSettings, EvalSettings
 from mergemed.evaluation.store import ResultsStore
@@ -20,5 +20,6 @@ __all__ = [
     "Score",
     "TradeOff",
     "evaluate",
+    "preflight",
     "summarise",
 ]

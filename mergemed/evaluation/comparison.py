@@ -191,7 +191,7 @@ def _skip_reasons(
             flags = task_flags(manager, task, member)
             if "long_context" in flags:
                 long_context.append(task)
-            if member.suite is None or "hub_only" not in flags:
+            if "hub_only" not in flags:
                 continue
             if _has_local_data(manager, task, local):
                 continue

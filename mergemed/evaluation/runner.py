@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from mergemed.evaluation.sampling import sample_fingerprint
 from mergemed.evaluation.settings import EvalSettings, eval_settings
 from mergemed.evaluation.store import ResultKey, ResultsStore, default_store_path, settings_hash
 from mergemed.evaluation.suites import (
+    Member,
     resolve_members,
     suites,
     task_flags,
@@ -96,6 +98,81 @@ def evaluate(
     settings = eval_settings(settings, **options)
     emit = on_event or (lambda event, details: None)
     quiet_lm_eval_logging()
+    results_store = _open_store(store)
+    candidates, comparison = _comparison(model, settings, against, tokenizer, results_store, emit)
+    evaluations: list[ModelEvaluation] = []
+    try:
+        for candidate in candidates:
+            evaluations.append(_evaluate_one(candidate, comparison))
+    finally:
+        for candidate in candidates:
+            candidate.close()
+
+    report = EvaluationReport(
+        models=evaluations,
+        members=comparison.members,
+        trade_off=comparison.trade_off(evaluations),
+        seconds=time.time() - started,
+        store_path=str(results_store.path) if results_store else None,
+        prompt_format=comparison.prompt_format.describe(),
+    )
+    if json_path is not None:
+        _write_json(Path(json_path), report.as_dict())
+    return report
+
+
+@dataclass
+class Preflight:
+    """What an evaluation would leave out, found before any model is loaded."""
+
+    skipped: dict[str, dict[str, str]]
+    """model label -> task -> why it would be skipped."""
+    members: list[Member]
+    """The requested members (suite members have ``suite`` set), with their leaf tasks."""
+
+    def member_of(self, task: str) -> Member | None:
+        """The member a leaf task belongs to."""
+        return next((m for m in self.members if task in m.tasks or task == m.name), None)
+
+
+def preflight(
+    model: str | Path | Any,
+    settings: EvalSettings | None = None,
+    *,
+    against: Sequence[str | Path] | Mapping[str, str | Path] = (),
+    tokenizer: Any = None,
+    **options: Any,
+) -> Preflight:
+    """What :func:`evaluate` would skip, and why, for each model: unknown tasks, data that
+    cannot be reached offline, prompts that cannot fit. Reads tokenizers and configs only;
+    loads no model and scores nothing.
+
+    Raises:
+        MergemedError: as :func:`evaluate` does for bad models, task names or settings.
+    """
+    settings = eval_settings(settings, **options)
+    quiet_lm_eval_logging()
+    candidates, comparison = _comparison(
+        model, settings, against, tokenizer, None, lambda event, details: None
+    )
+    try:
+        skipped = {c.label: dict(comparison.skips[c.label]) for c in candidates}
+        return Preflight(skipped, list(comparison.members))
+    finally:
+        for candidate in candidates:
+            candidate.close()
+
+
+def _comparison(
+    model: Any,
+    settings: EvalSettings,
+    against: Sequence[str | Path] | Mapping[str, str | Path],
+    tokenizer: Any,
+    results_store: ResultsStore | None,
+    emit: EventCallback,
+) -> tuple[list[Candidate], Comparison]:
+    """The models of one comparison and what they share (tasks, samples, prompt format),
+    with every model's skips and fits decided from its tokenizer and config."""
     metadata = settings.task_metadata()
     own = task_manager(settings.include, names=None, metadata=metadata)
     declared = suites(own)
@@ -111,18 +188,16 @@ def evaluate(
     )
     members = resolve_members(manager, settings.suites, settings.tasks, declared)
     members = expand_groups(manager, members)
-    results_store = _open_store(store)
     samples = SubsetDraws(manager, settings)
-
     candidates = [
         load_candidate(model, "merged", tokenizer, settings.backend, settings.allow_pickle)
     ]
-    for role, path in parse_against(against):
-        candidates.append(load_candidate(path, role, None, settings.backend, settings.allow_pickle))
-    unique_labels(candidates)
-
-    evaluations: list[ModelEvaluation] = []
     try:
+        for role, path in parse_against(against):
+            candidates.append(
+                load_candidate(path, role, None, settings.backend, settings.allow_pickle)
+            )
+        unique_labels(candidates)
         prompt_format = decide(
             settings.chat_template,
             [(c.label, c.role, load_tokenizer(c, settings.backend)) for c in candidates],
@@ -134,23 +209,11 @@ def evaluate(
         # model is loaded: skips, and the new-token caps (one per task for the comparison).
         for candidate in candidates:
             comparison.check(candidate)
-        for candidate in candidates:
-            evaluations.append(_evaluate_one(candidate, comparison))
-    finally:
+    except BaseException:
         for candidate in candidates:
             candidate.close()
-
-    report = EvaluationReport(
-        models=evaluations,
-        members=members,
-        trade_off=comparison.trade_off(evaluations),
-        seconds=time.time() - started,
-        store_path=str(results_store.path) if results_store else None,
-        prompt_format=prompt_format.describe(),
-    )
-    if json_path is not None:
-        _write_json(Path(json_path), report.as_dict())
-    return report
+        raise
+    return candidates, comparison
 
 
 def _prompting_tokenizer(candidate: Candidate, tokenizer: Any, template: str | None) -> Any:

@@ -45,6 +45,8 @@ class SearchRun:
     storage: str
     study_name: str
     space: SearchSpace = field(repr=False)
+    notes: list[str] = field(default_factory=list)
+    """What the search leaves out for every candidate (suite members it cannot score)."""
 
     @property
     def shown_storage(self) -> str:
@@ -56,14 +58,18 @@ def open_run(
     space_source: str | Path | SearchSpace,
     folder: str | Path | None = None,
     storage: str | None = None,
+    *,
+    name: str | None = None,
 ) -> SearchRun:
-    """Create or reopen a run folder for a space (``runs/<space name>/`` by default).
+    """Create or reopen a run folder for a space (``runs/<name>/`` by default: the space
+    file's name, else ``search``).
 
     Raises:
         SearchError: the folder holds a search of another space, or cannot be written.
     """
     space = space_source if isinstance(space_source, SearchSpace) else load_space(space_source)
-    name = Path(space_source).stem if isinstance(space_source, (str, Path)) else "search"
+    if name is None:
+        name = Path(space_source).stem if isinstance(space_source, (str, Path)) else "search"
     run_folder = Path(folder) if folder is not None else Path("runs") / name
     run_folder = run_folder.expanduser().absolute()
     fingerprint = space.fingerprint()
@@ -272,6 +278,7 @@ def run_search(
     storage: str | None = None,
     trials: int | None = None,
     yes: bool = False,
+    max_trials: int | None = None,
     device: str = "cpu",
     on_trial: TrialCallback | None = None,
 ) -> SearchRun:
@@ -292,14 +299,14 @@ def run_search(
     from mergemed.engine import MergeOptions, merge_job_to_memory, prepare_merge
     from mergemed.evaluation import EvalSettings, evaluate
 
-    run = open_run(space_source, folder, storage)
-    space = run.space
+    space = space_source if isinstance(space_source, SearchSpace) else load_space(space_source)
     wanted = total_trials(space, trials)
-    if wanted > space.max_trials and not yes:
+    ceiling = max_trials if max_trials is not None else space.max_trials
+    if wanted > ceiling and not yes:
         raise SearchError(
-            f"{wanted} trials is more than max_trials {space.max_trials}; pass --yes to run them"
+            f"{wanted} trials is more than max_trials {ceiling}; pass --yes to run them"
         )
-    if wanted == 0:
+    if wanted < 1:
         raise SearchError("the space has no candidates")
     settings = EvalSettings(
         tasks=space.score.tasks,
@@ -308,13 +315,19 @@ def run_search(
         **space.score.settings,
     )
     parents = {"clinical": space.score.clinical, "instruct": space.score.instruct}
-    study = load_study(run, create=True)
     base = space.base_recipe()
     first = grid_points(space)[0] if space.strategy == "grid" else None
     seed_recipe = candidate_recipe(space, first or _midpoint(space), base)
-    store = run.folder / "results.sqlite"
 
+    # Everything that can be checked is checked before the run folder or storage is touched:
+    # the parents merge (shapes, architectures), and every task can be scored here.
     with prepare_merge(seed_recipe, options=MergeOptions(device=device)) as job:
+        notes = _check_scorable(space, settings, parents)
+        name = Path(space_source).stem if isinstance(space_source, (str, Path)) else None
+        run = open_run(space, folder, storage, name=name)
+        run.notes = notes
+        study = load_study(run, create=True)
+        store = run.folder / "results.sqlite"
 
         def objective(trial: Any) -> Any:
             choice = suggest(trial, space)
@@ -391,6 +404,29 @@ def run_search(
                 catch=(),
             )
     return run
+
+
+def _check_scorable(space: SearchSpace, settings: Any, parents: dict[str, str]) -> list[str]:
+    """Refuse a space naming a task that cannot be scored here (data offline, prompts too long
+    for the parents): every candidate would miss it. A suite member that cannot be scored is
+    left out for every candidate alike; the returned notes say which and why.
+
+    Raises:
+        SearchError: naming the first such task and why.
+    """
+    from mergemed.evaluation import preflight
+
+    found = preflight(space.score.instruct, settings, against={"clinical": parents["clinical"]})
+    notes = []
+    for label, reasons in found.skipped.items():
+        for task, reason in reasons.items():
+            member = found.member_of(task)
+            if member is None or member.suite is None:
+                named = member.name if member is not None else task
+                shown = named if named == task else f"{named} ({task})"
+                raise SearchError(f"score.tasks: {shown} cannot be scored ({label}): {reason}")
+            notes.append(f"{task} skipped for every candidate ({label}): {reason}")
+    return list(dict.fromkeys(notes))
 
 
 def _stopped(trial: Any) -> bool:

@@ -134,7 +134,11 @@ def weights(folder: Path) -> dict:
 
 WORKER = """
 import os, signal, sys
+from mergemed.search import study
 from mergemed.search.study import run_search
+# a short heartbeat, so a test need not wait a minute for a dead worker's trial to go stale
+study.HEARTBEAT_SECONDS = int(os.environ.get("HEARTBEAT", study.HEARTBEAT_SECONDS))
+study.GRACE_SECONDS = int(os.environ.get("GRACE", study.GRACE_SECONDS))
 kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 seen = []
 def on_trial(record):
@@ -145,8 +149,8 @@ run_search(sys.argv[1], sys.argv[2], storage=os.environ.get("STORAGE") or None, 
 """
 
 
-def worker(space: Path, folder: Path, *extra: str, storage: str | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STORAGE": storage or ""}
+def worker(space: Path, folder: Path, *extra: str, storage: str | None = None, **env_extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STORAGE": storage or "", **env_extra}
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(space), str(folder), *extra], env=env
     )
@@ -164,6 +168,52 @@ def test_a_killed_search_resumes_to_the_uninterrupted_table(tiny_eval_models, tm
     whole = run_search(space, tmp_path / "whole")
     assert table(reopen_run(tmp_path / "killed")) == table(whole)
     assert len(table(whole)) == 4
+
+
+def test_a_trial_whose_worker_died_is_retried_once(tiny_eval_models, tmp_path) -> None:
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    instruct, clinical, _ = tiny_eval_models
+    space = write_space(tmp_path, instruct, clinical)
+    run = tmp_path / "run"
+    beat = {"HEARTBEAT": "1", "GRACE": "2"}
+    first = worker(space, run, **beat)
+    deadline, killed = time.time() + 300, None
+    while killed is None and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+        if not (run / "search.json").is_file() or not (run / "study.sqlite").is_file():
+            continue
+        try:
+            study = optuna.load_study(
+                study_name=reopen_run(run).study_name, storage=f"sqlite:///{run / 'study.sqlite'}"
+            )
+            trials = study.get_trials(deepcopy=False)
+        except Exception:  # the schema is still being created
+            continue
+        for trial in trials:
+            if trial.state == TrialState.RUNNING and "merge_seconds" in trial.user_attrs:
+                first.send_signal(signal.SIGKILL)  # mid-trial: merged, being scored
+                killed = trial
+                break
+    assert killed is not None, "no trial was caught running"
+    assert first.wait(timeout=60) == -signal.SIGKILL
+    time.sleep(3)  # longer than the grace period
+    second = worker(space, run, **beat)
+    assert second.wait(timeout=600) == 0
+    study = optuna.load_study(
+        study_name=reopen_run(run).study_name, storage=f"sqlite:///{run / 'study.sqlite'}"
+    )
+    trials = study.get_trials()
+    assert trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == killed.params
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 4
 
 
 def test_another_space_in_the_same_run_folder_is_refused(tiny_eval_models, tmp_path) -> None:
