@@ -162,7 +162,8 @@ def _value(figure: dict[str, Any] | None) -> str:
     return f"{figure['value']:+.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
 
 
-def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
+def board_table(board: dict[str, Any], sort: str = "rank") -> Table:
+    """A search's leaderboard as a rich table, best first (see ``ranked_trials``)."""
     from mergemed.search.export import ranked_trials
 
     rows = ranked_trials(board, sort)
@@ -189,7 +190,11 @@ def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
             f"{row['merge_seconds'] or 0:.1f}",
             f"{row['evaluate_seconds'] or 0:.1f}",
         )
-    stdout.print(table)
+    return table
+
+
+def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
+    stdout.print(board_table(board, sort))
     cost = board.get("cost") or {}
     if cost.get("saved"):
         console.print(

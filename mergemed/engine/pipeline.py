@@ -12,6 +12,7 @@ two passes: statistics, then combination); other methods get whole tensors.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -71,6 +72,9 @@ class OutputTarget:
     sink: Sink
     completed: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_shard_finished: Callable[[dict[str, dict[str, Any]]], None] | None = None
+    reused: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Output tensors already merged with the same inputs and parameters (another candidate
+    of a search): handed to the sink as they are, not recomputed (a ``MemorySink`` only)."""
 
 
 @dataclass
@@ -111,6 +115,7 @@ def run_pipeline(job: MergeJob, target: OutputTarget, settings: PipelineSettings
     completed = target.completed
     shard_of = {t.name: t.shard for s in shards for t in s.tensors}
     skip = {i for i, t in enumerate(plan.tasks) if shards[shard_of[t.name]].filename in completed}
+    skip |= {i for i, t in enumerate(plan.tasks) if t.name in target.reused}
     pending_bytes = {s.index: s.data_bytes for s in shards if s.filename not in completed}
     finished = {s.filename: completed[s.filename] for s in shards if s.filename in completed}
     # Vocabulary tensors are aligned whole (rows move between positions); the rest stream.
@@ -170,10 +175,42 @@ def run_pipeline(job: MergeJob, target: OutputTarget, settings: PipelineSettings
             for shard in shards:
                 if shard.index in pending_bytes:
                     sink.open(shard)
+            for name, tensor in target.reused.items():
+                sink.adopt(name, tensor)
+                shard = shards[shard_of[name]]
+                pending_bytes[shard.index] -= tensor.numel() * tensor.element_size()
+                if pending_bytes[shard.index] == 0:
+                    sink.close_shard(shard)
             run_stages(read_slices(), merge_slice, write_slice)
         finally:
             sink.close()
     return stats
+
+
+def task_key(job: MergeJob, task: TensorTask) -> str:
+    """Everything one output tensor's values depend on: the method, the source tensors, the
+    parameters, the dtypes, the vocabulary alignment and (for stochastic methods) the seed.
+    Two jobs over the same opened models give a tensor equal values when its keys are equal."""
+    method = job.plan.method
+    return json.dumps(
+        [
+            method.name,
+            [[source.model, source.name] for source in task.sources],
+            task.base_index,
+            task.base_model,
+            task.parameters,
+            list(task.model_parameters),
+            str(job.input_dtype),
+            str(job.output_dtype),
+            str(job.device),
+            id(job.alignment)
+            if job.alignment is not None and is_vocabulary_tensor(task.name)
+            else None,
+            job.recipe.random_seed if method.stochastic else None,
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _work_items(

@@ -25,6 +25,7 @@ from mergemed.engine.pipeline import (
     ProgressCallback,
     StartCallback,
     run_pipeline,
+    task_key,
 )
 from mergemed.engine.prepare import MergeJob, MergeOptions, check_device, prepare_merge, read_recipe
 from mergemed.engine.provenance import MergeRun, merge_report, resolved_recipe
@@ -169,6 +170,10 @@ class InMemoryMerge:
     recipe: Recipe
     seconds: float
     _holder: tempfile.TemporaryDirectory = field(repr=False)
+    task_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    """Output tensor -> what its values depend on (``pipeline.task_key``), for ``reuse``."""
+    reused: int = 0
+    """How many tensors were taken from the ``reuse`` merge instead of recomputed."""
 
     def cleanup(self) -> None:
         """Remove the metadata folder."""
@@ -201,12 +206,20 @@ def merge_to_memory(
     return merged
 
 
-def merge_job_to_memory(job: MergeJob, settings: PipelineSettings | None = None) -> InMemoryMerge:
+def merge_job_to_memory(
+    job: MergeJob,
+    settings: PipelineSettings | None = None,
+    *,
+    reuse: InMemoryMerge | None = None,
+) -> InMemoryMerge:
     """Merge a prepared job (see :meth:`MergeJob.replan`) into tensors in memory.
 
     Args:
         job: the prepared merge; it stays open.
         settings: slicing and progress callbacks.
+        reuse: an earlier merge over the same opened models (the previous candidate of a
+            search): every tensor whose inputs and parameters are unchanged is taken from it
+            instead of recomputed (shared, not copied; the values are equal by construction).
 
     Returns:
         An :class:`InMemoryMerge`, as :func:`merge_to_memory` gives.
@@ -215,15 +228,26 @@ def merge_job_to_memory(job: MergeJob, settings: PipelineSettings | None = None)
         MergemedError: a model cannot be read or the merge produced NaN or Inf values.
     """
     started = time.time()
+    keys = {task.name: task_key(job, task) for task in job.plan.tasks}
+    reused = {}
+    if reuse is not None:
+        reused = {
+            name: reuse.state_dict[name]
+            for name, key in keys.items()
+            if reuse.task_keys.get(name) == key and name in reuse.state_dict
+        }
     holder = tempfile.TemporaryDirectory(prefix="mergemed-in-memory-")
     try:
         shards = layout_shards(job.output_tensors(), IN_MEMORY_SHARD_BYTES)
         sink = MemorySink()
-        run_pipeline(job, OutputTarget(shards, sink), settings or PipelineSettings())
+        target = OutputTarget(shards, sink, reused=reused)
+        run_pipeline(job, target, settings or PipelineSettings())
         folder = Path(holder.name)
         write_model_files(folder, job)
         (folder / "recipe.yaml").write_text(resolved_recipe(job))
     except BaseException:
         holder.cleanup()
         raise
-    return InMemoryMerge(sink.tensors, folder, job.recipe, time.time() - started, holder)
+    return InMemoryMerge(
+        sink.tensors, folder, job.recipe, time.time() - started, holder, keys, len(reused)
+    )

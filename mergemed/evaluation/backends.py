@@ -41,30 +41,24 @@ def check_model_folder(folder: Path) -> None:
 def load_in_memory_model(merged: Any, device: str) -> Any:
     """Build a transformers model from an :class:`~mergemed.engine.InMemoryMerge` without
     writing its weights: the architecture comes from its config, the tensors are assigned."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(merged.folder)
     dtypes = {t.dtype for t in merged.state_dict.values() if t.is_floating_point()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    with torch.device("meta"):
+    # Parameters on the meta device (no random initialisation of weights that are about to be
+    # replaced); buffers are built for real, so non-persistent ones such as rotary inverse
+    # frequencies are computed from the config as from_pretrained computes them.
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = model.load_state_dict(merged.state_dict, strict=False, assign=True)
     if unexpected:
         raise MergemedError(f"merged tensors the architecture does not have: {unexpected[:3]}")
     model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    buffers = [n for n, b in model.named_buffers() if b.device.type == "meta"]
     if still_meta:
         raise MergemedError(f"merge is missing tensors the architecture needs: {still_meta[:3]}")
-    if buffers:
-        # Non-persistent buffers (rotary inverse frequencies) are recomputed from the config.
-        fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        for name in buffers:
-            owner, _, attribute = name.rpartition(".")
-            module = model.get_submodule(owner) if owner else model
-            source = fresh.get_submodule(owner) if owner else fresh
-            module.register_buffer(attribute, getattr(source, attribute), persistent=False)
-        del fresh
     del missing
     return model.to(device).eval()
 

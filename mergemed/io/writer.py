@@ -239,6 +239,12 @@ class MemorySink:
         for tensor in shard.tensors:
             self.tensors[tensor.name] = torch.empty(tensor.shape, dtype=tensor.dtype)
 
+    def adopt(self, name: str, tensor: torch.Tensor) -> None:
+        """Take a whole, already merged tensor as it is (no copy)."""
+        if tuple(tensor.shape) != tuple(self.tensors[name].shape):
+            raise ValueError(f"{name}: adopted shape {tuple(tensor.shape)} is not the layout's")
+        self.tensors[name] = tensor
+
     def write(self, name: str, element_offset: int, values: torch.Tensor) -> None:
         """Copy a flat slice into its tensor at ``element_offset``."""
         flat = self.tensors[name].view(-1)

@@ -329,6 +329,8 @@ def run_search(
         study = load_study(run, create=True)
         store = run.folder / "results.sqlite"
 
+        previous: dict[str, Any] = {}
+
         def objective(trial: Any) -> Any:
             choice = suggest(trial, space)
             if _claimed_earlier(study, trial):
@@ -339,12 +341,15 @@ def run_search(
             trial.set_user_attr("choice", choice)
             trial.set_user_attr("recipe", recipe.to_yaml())
             begin = time.time()
-            merged = merge_job_to_memory(job.replan(recipe))
+            # Tensors whose inputs and parameters the previous candidate shares are reused.
+            merged = merge_job_to_memory(job.replan(recipe), reuse=previous.get("merge"))
             trial.set_user_attr("merge_seconds", round(time.time() - begin, 3))
+            trial.set_user_attr("reused_tensors", merged.reused)
+            previous["merge"] = merged
             try:
                 return _score_by_rungs(trial, merged)
             finally:
-                merged.cleanup()
+                merged.cleanup()  # the metadata folder; the tensors stay for the next one
 
         def _score_by_rungs(trial: Any, merged: Any) -> Any:
             rungs = [*space.score.fidelity, space.score.limit]

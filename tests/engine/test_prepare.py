@@ -176,3 +176,57 @@ def test_a_bad_device_is_refused_before_any_model_is_opened(tmp_path: Path) -> N
     recipe = linear(tmp_path / "absent-a", tmp_path / "absent-b", 0.5)
     with pytest.raises(MergeError, match="--device tpu: expected cpu or cuda"):
         prepare_merge(recipe, options=MergeOptions(device="tpu"))
+
+
+def test_a_candidate_reuses_the_tensors_it_shares_with_the_previous_one(tiny_model_pair) -> None:
+    base, other = tiny_model_pair("llama")
+    first = load_recipe(
+        {
+            "merge_method": "slerp",
+            "base_model": str(base),
+            "models": [{"model": str(base)}, {"model": str(other)}],
+            "parameters": {"t": [{"filter": "mlp", "value": [0, 1]}, {"value": 0.3}]},
+        }
+    )
+    second = first.model_copy(deep=True)
+    second.parameters["t"][0].value = [1, 0]  # only the MLPs change
+    with prepare_merge(first) as job:
+        a = merge_job_to_memory(job)
+        b = merge_job_to_memory(job.replan(second), reuse=a)
+        again = merge_job_to_memory(job.replan(second), reuse=b)
+    for merged in (a, b, again):
+        merged.cleanup()
+    assert_same_tensors(b.state_dict, fresh(second))
+    mlp = [name for name in b.state_dict if ".mlp." in name]
+    assert mlp and b.reused == len(b.state_dict) - len(mlp)
+    for name in b.state_dict:
+        assert (b.state_dict[name] is a.state_dict[name]) == (".mlp." not in name), name
+    assert again.reused == len(again.state_dict)  # the same candidate twice: nothing recomputed
+    assert_same_tensors(again.state_dict, b.state_dict)
+
+
+def test_stochastic_methods_reuse_only_under_the_same_seed(tiny_model_pair) -> None:
+    base, other = tiny_model_pair("llama")
+
+    def dare(seed: int) -> Recipe:
+        return load_recipe(
+            {
+                "merge_method": "dare_linear",
+                "base_model": str(base),
+                "models": [
+                    {"model": str(other), "parameters": {"weight": 1.0, "density": 0.5}},
+                ],
+                "random_seed": seed,
+            }
+        )
+
+    with prepare_merge(dare(1)) as job:
+        a = merge_job_to_memory(job)
+        same = merge_job_to_memory(job.replan(dare(1)), reuse=a)
+        other_seed = merge_job_to_memory(job.replan(dare(2)), reuse=a)
+    for merged in (a, same, other_seed):
+        merged.cleanup()
+    assert same.reused == len(same.state_dict)
+    floating = [n for n, t in a.state_dict.items() if t.is_floating_point()]
+    assert other_seed.reused < len(floating)
+    assert_same_tensors(other_seed.state_dict, fresh(dare(2)))
