@@ -199,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
                 "--copy-tokenizer",
             ],
         )
-    disk_peak = peak_rss_gb(resource.RUSAGE_CHILDREN)
 
     from safetensors.torch import load_file
 
@@ -241,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         f"first candidate: in-memory tensors equal `mergemed merge`'s on disk: {same}",
         f"tensors reused from the previous candidate: {', '.join(reused_counts)} (the "
         "candidates differ in the rest-of-model t only: embeddings, norms, lm_head)",
-        f"peak RSS: in-memory process {memory_peak:.2f} GB (parents memory-mapped count too); "
-        f"largest disk-path child {disk_peak:.2f} GB",
+        f"peak RSS: in-memory process {memory_peak:.2f} GB (parents memory-mapped count too; "
+        "a child's figure is not given: Linux children inherit the parent's peak at fork)",
     ]
     if score_seconds is not None:
         share = score_seconds / (score_seconds + memory)
