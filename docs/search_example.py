@@ -1,7 +1,7 @@
 """Make ``docs/search_example.txt`` and ``docs/search_pareto.png``: a real ``mergemed grid`` run.
 
 The parents are tiny local models (nothing is downloaded): "instruct" is a random-weight
-``llama-eval`` Llama, "clinical" a copy of it that always answers "yes"
+``llama-eval`` Llama (6 layers), "clinical" a copy of it that always answers "yes"
 (:mod:`mergemed.testing.answering`), so it scores PubMedQA's share of "yes" and has forgotten
 how to do anything else. The space is the GatorTronLlama search's shape on them: SLERP from
 instruct (t = 0) towards clinical, a 3 x 2 grid over the rest-of-model t (which moves the
@@ -48,7 +48,7 @@ vary:
     values: [[0, 0.5, 0], [0.5, 0.8, 0.5]]
   rest_t:
     path: parameters.t.1.value
-    values: [0.3, 0.5, 0.7]
+    values: [0.05, 0.25, 0.5]
 score:
   tasks: [mm_pubmedqa, ifeval_general]
   limit: 40
@@ -64,7 +64,7 @@ strategy: grid
 
 
 def main(workdir: Path) -> None:
-    from mergemed.cli.grid import board_table
+    from mergemed.cli.grid import board_table, share
     from mergemed.search.export import ranked_trials
     from mergemed.search.plot import plot_front
     from mergemed.search.study import leaderboard, run_search
@@ -73,7 +73,7 @@ def main(workdir: Path) -> None:
 
     tokenizer = build_tokenizer(workdir / "tokenizer")
     instruct = make_random_model(
-        workdir / "instruct", "llama-eval", seed=0, tokenizer_dir=tokenizer
+        workdir / "instruct", "llama-eval", seed=0, tokenizer_dir=tokenizer, num_layers=6
     )
     clinical = make_answering_model(workdir / "clinical", instruct, "yes")
     space = write_space(workdir, instruct, clinical)
@@ -87,7 +87,7 @@ def main(workdir: Path) -> None:
     text = recorder.export_text() + (
         f"\n{len(board['trials'])} candidates in {seconds:.0f} s on 2 CPU cores; "
         f"multi-fidelity scored {cost['documents']} documents against "
-        f"{cost['documents_without_fidelity']} on full samples ({cost['saved']:.0%} saved)\n"
+        f"{cost['documents_without_fidelity']} on full samples ({share(cost['saved'])})\n"
     )
     (DOCS / "search_example.txt").write_text(text)
     plot_front(board, DOCS / "search_pareto.png", ranked_trials(board)[0])

@@ -196,10 +196,10 @@ def board_table(board: dict[str, Any], sort: str = "rank") -> Table:
 def _print_board(board: dict[str, Any], sort: str = "rank") -> None:
     stdout.print(board_table(board, sort))
     cost = board.get("cost") or {}
-    if cost.get("saved"):
+    if cost.get("saved") is not None and cost["documents"] != cost["documents_without_fidelity"]:
         console.print(
             f"multi-fidelity: {cost['documents']} documents scored against "
-            f"{cost['documents_without_fidelity']} on full samples ({cost['saved']:.0%} saved)"
+            f"{cost['documents_without_fidelity']} on full samples ({share(cost['saved'])})"
         )
 
 
@@ -208,3 +208,8 @@ def _documents(row: dict[str, Any]) -> str:
     if row.get("stopped_at") is not None:
         return f"{scored} (stopped at {row['stopped_at']}: trial {row['beaten_by']} better)"
     return scored
+
+
+def share(saved: float) -> str:
+    """``25% saved`` or, when rungs cost more than they stopped, ``25% more``."""
+    return f"{saved:.0%} saved" if saved >= 0 else f"{-saved:.0%} more"
