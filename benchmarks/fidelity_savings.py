@@ -13,7 +13,6 @@ whether the fronts agree, and appends a section to ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import tempfile
@@ -24,31 +23,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import merge_speed  # noqa: E402  (machine facts)
-
-SPACE = """recipe:
-  merge_method: linear
-  models:
-    - model: {yes}
-      parameters: {{weight: 1.0}}
-    - model: {maybe}
-      parameters: {{weight: 0.5}}
-vary:
-  yes_weight: {{path: models.0.parameters.weight, values: [0.1, 0.2, 1.0, 2.0]}}
-score:
-  tasks: [mm_pubmedqa]
-  limit: 40
-  {fidelity}
-  clinical: {yes}
-  instruct: {instruct}
-objectives: [domain_gain]
-"""
+import yaml  # noqa: E402
 
 
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mergemed.search.study import leaderboard, run_search
     from mergemed.testing import build_tokenizer, make_random_model
-    from mergemed.testing.answering import make_answering_model
+    from mergemed.testing.answering import answering_grid_space, make_answering_model
 
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     tokenizer = build_tokenizer(work / "tokenizer")
@@ -64,7 +46,8 @@ def main() -> int:
         folder = work / label.strip("[]").replace(", ", "-") if fidelity else work / "none"
         folder.mkdir()
         space = folder / "space.yaml"
-        space.write_text(SPACE.format(yes=yes, maybe=maybe, instruct=instruct, fidelity=fidelity))
+        data = answering_grid_space(yes, maybe, instruct, limit=40, fidelity=fidelity)
+        space.write_text(yaml.safe_dump(data))
         started = time.perf_counter()
         board = leaderboard(run_search(space, folder / "run"))
         seconds = time.perf_counter() - started
@@ -85,22 +68,21 @@ def main() -> int:
     ]
     print("\n".join(lines))
     print(f"same front as the full-sample search: {same}")
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = [f"## {now}: multi-fidelity savings, answering tiny models, cpu", ""]
-    section += [f"- **{k}**: {v}" for k, v in merge_speed.machine_description("cpu").items()]
-    section += [
-        "- grid: linear merges of an always-yes and an always-maybe tiny Llama, 4 candidates, "
-        "mm_pubmedqa on 40 stratified documents, objective domain gain",
-        "",
-        *lines,
-        "",
-        f"same front as the full-sample search: {same}. A candidate that goes on is scored "
-        "again on the larger sample (rung documents are not reused), so a search where nothing "
-        "is stopped costs more with fidelity than without.  ",
-        "",
-    ]
-    with merge_speed.RESULTS_PATH.open("a") as handle:
-        handle.write("\n".join(section) + "\n")
+    merge_speed.append_section(
+        merge_speed.RESULTS_PATH,
+        "multi-fidelity savings, answering tiny models, cpu",
+        "cpu",
+        [
+            "- grid: linear merges of an always-yes and an always-maybe tiny Llama, 4 "
+            "candidates, mm_pubmedqa on 40 stratified documents, objective domain gain",
+            "",
+            *lines,
+            "",
+            f"same front as the full-sample search: {same}. A candidate that goes on is scored "
+            "again on the larger sample (rung documents are not reused), so a search where "
+            "nothing is stopped costs more with fidelity than without.  ",
+        ],
+    )
     return 0 if same else 1
 
 

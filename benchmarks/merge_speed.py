@@ -561,6 +561,16 @@ def print_table(runs: Sequence[RunResult], title: str, notes: Sequence[str]) -> 
         console.print(f"  {note}", highlight=False)
 
 
+def append_section(path: Path, title: str, device: str, body: Sequence[str]) -> None:
+    """Append a dated ``## <date>: <title>`` section with the machine described, then ``body``
+    (setup bullets, tables, notes: markdown lines)."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## {now}: {title}", ""]
+    lines += [f"- **{key}**: {value}" for key, value in machine_description(device).items()]
+    with path.open("a") as handle:
+        handle.write("\n".join([*lines, *body, ""]) + "\n")
+
+
 def record_results(
     path: Path,
     *,

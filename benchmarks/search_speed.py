@@ -26,7 +26,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import resource
 import shutil
@@ -252,22 +251,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n".join([*lines, "", *notes]))
     if not args.no_record:
-        machine = merge_speed.machine_description("cpu")
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = [f"## {now}: search turnaround, {preset} pair, cpu", ""]
-        section += [f"- **{key}**: {value}" for key, value in machine.items()]
-        section += [
-            f"- {len(recipes)} candidates (rest-of-model t = "
-            f"{', '.join(f'{t:g}' for t in CANDIDATE_T[: len(recipes)])}) of the merge "
-            "benchmark's SLERP gradient recipe; page cache warm for each approach",
-            "",
-            *lines,
-            "",
-            *[f"{note}  " for note in notes],
-            "",
-        ]
-        with args.results.open("a") as handle:
-            handle.write("\n".join(section) + "\n")
+        merge_speed.append_section(
+            args.results,
+            f"search turnaround, {preset} pair, cpu",
+            "cpu",
+            [
+                f"- {len(recipes)} candidates (rest-of-model t = "
+                f"{', '.join(f'{t:g}' for t in CANDIDATE_T[: len(recipes)])}) of the merge "
+                "benchmark's SLERP gradient recipe; page cache warm for each approach",
+                "",
+                *lines,
+                "",
+                *[f"{note}  " for note in notes],
+            ],
+        )
     return 0 if same else 1
 
 

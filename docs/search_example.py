@@ -29,38 +29,37 @@ DOCS = Path(__file__).resolve().parent
 
 
 def write_space(workdir: Path, instruct: Path, clinical: Path) -> Path:
-    space = workdir / "space.yaml"
-    space.write_text(
-        f"""recipe:
-  merge_method: slerp
-  base_model: {instruct}
-  models:
-    - model: {instruct}
-    - model: {clinical}
-  parameters:
-    t:
-      - filter: self_attn
-        value: [0, 0.5, 0]
-      - value: 0.5
-vary:
-  attention_t:
-    path: parameters.t.0.value
-    values: [[0, 0.5, 0], [0.5, 0.8, 0.5]]
-  rest_t:
-    path: parameters.t.1.value
-    values: [0.05, 0.25, 0.5]
-score:
-  tasks: [mm_pubmedqa, ifeval_general]
-  limit: 40
-  fidelity: [10]
-  clinical: {clinical}
-  instruct: {instruct}
-  settings: {{gen_kwargs: "max_gen_toks=32"}}
-objectives: [domain_gain, forgetting]
-strategy: grid
-"""
-    )
-    return space
+    import yaml
+
+    recipe = {
+        "merge_method": "slerp",
+        "base_model": str(instruct),
+        "models": [{"model": str(instruct)}, {"model": str(clinical)}],
+        "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0]}, {"value": 0.5}]},
+    }
+    space = {
+        "recipe": recipe,
+        "vary": {
+            "attention_t": {
+                "path": "parameters.t.0.value",
+                "values": [[0, 0.5, 0], [0.5, 0.8, 0.5]],
+            },
+            "rest_t": {"path": "parameters.t.1.value", "values": [0.05, 0.25, 0.5]},
+        },
+        "score": {
+            "tasks": ["mm_pubmedqa", "ifeval_general"],
+            "limit": 40,
+            "fidelity": [10],
+            "clinical": str(clinical),
+            "instruct": str(instruct),
+            "settings": {"gen_kwargs": "max_gen_toks=32"},
+        },
+        "objectives": ["domain_gain", "forgetting"],
+        "strategy": "grid",
+    }
+    path = workdir / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
 
 
 def main(workdir: Path) -> None:

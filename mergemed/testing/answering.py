@@ -72,3 +72,34 @@ def make_answering_model(
     save_file(tensors, partial / weights_file.name, metadata={"format": "pt"})
     partial.rename(out)
     return out
+
+
+ANSWERING_WEIGHTS = (0.1, 0.2, 1.0, 2.0)
+"""The "yes" weights of :func:`answering_grid_space`, against 0.5 for "maybe": the last two
+answer "yes", the first two "maybe"."""
+
+
+def answering_grid_space(
+    yes: Path, maybe: Path, instruct: Path, *, limit: int, fidelity: list[int] | None = None
+) -> dict:
+    """A search space whose front is known in closed form: linear merges of an always-"yes"
+    and an always-"maybe" model (``yes`` weight in :data:`ANSWERING_WEIGHTS`), scored on
+    ``mm_pubmedqa`` by domain gain. The candidates with the larger "yes" weight answer "yes"
+    and score the sample's share of "yes"; they are the front."""
+    score: dict = {"tasks": ["mm_pubmedqa"], "limit": limit}
+    if fidelity:
+        score["fidelity"] = list(fidelity)
+    return {
+        "recipe": {
+            "merge_method": "linear",
+            "models": [
+                {"model": str(yes), "parameters": {"weight": 1.0}},
+                {"model": str(maybe), "parameters": {"weight": 0.5}},
+            ],
+        },
+        "vary": {
+            "yes_weight": {"path": "models.0.parameters.weight", "values": list(ANSWERING_WEIGHTS)}
+        },
+        "score": {**score, "clinical": str(yes), "instruct": str(instruct)},
+        "objectives": ["domain_gain"],
+    }

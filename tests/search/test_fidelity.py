@@ -5,10 +5,10 @@ the full-sample front while scoring fewer documents."""
 from __future__ import annotations
 
 import math
-import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mergemed.evaluation.scores import Score
 from mergemed.search.fidelity import advantages, beaten_by, significantly_better
@@ -85,28 +85,13 @@ def answering(tiny_eval_models, tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def write_space(folder: Path, instruct: Path, yes: Path, maybe: Path, fidelity: str) -> Path:
+    from mergemed.testing.answering import answering_grid_space
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = [10] if fidelity else None
     path = folder / "space.yaml"
     path.write_text(
-        textwrap.dedent(
-            f"""
-            recipe:
-              merge_method: linear
-              models:
-                - model: {yes}
-                  parameters: {{weight: 1.0}}
-                - model: {maybe}
-                  parameters: {{weight: 0.5}}
-            vary:
-              yes_weight: {{path: models.0.parameters.weight, values: [0.1, 0.2, 1.0, 2.0]}}
-            score:
-              tasks: [mm_pubmedqa]
-              limit: 30
-              {fidelity}
-              clinical: {yes}
-              instruct: {instruct}
-            objectives: [domain_gain]
-            """
-        )
+        yaml.safe_dump(answering_grid_space(yes, maybe, instruct, limit=30, fidelity=sizes))
     )
     return path
 
@@ -116,8 +101,9 @@ def test_multi_fidelity_finds_the_full_sample_front_for_less(answering, tmp_path
     from mergemed.search.study import leaderboard, run_search
 
     instruct, yes, maybe = answering
-    full = leaderboard(run_search(write_space(tmp_path, instruct, yes, maybe, ""), tmp_path / "a"))
-    cheap_space = write_space(tmp_path, instruct, yes, maybe, "fidelity: [10]")
+    full_space = write_space(tmp_path / "full", instruct, yes, maybe, "")
+    full = leaderboard(run_search(full_space, tmp_path / "a"))
+    cheap_space = write_space(tmp_path / "cheap", instruct, yes, maybe, "fidelity: [10]")
     cheap = leaderboard(run_search(cheap_space, tmp_path / "b"))
 
     def front(board: dict) -> set:
