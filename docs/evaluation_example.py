@@ -1,12 +1,13 @@
 """Make ``docs/evaluation_example.txt``: ``mergemed evaluate`` on a merge of two tiny models.
 
-Two random-weight tiny Llamas (the ``llama-eval`` preset of ``mergemed.testing``: 4096
-positions, a 512-token tokenizer with a chat template) stand for the parents: "instruct" is a
-fresh model, "clinical" the same model with every tensor moved by half its spread. They are
-merged by SLERP (t = 0.5) and all three are scored on offline tasks (PubMedQA, the two
-instruction-following sets, both perplexities) on one stratified ``--limit`` sample, so every
-change is paired. The numbers are those of random weights (near chance): the point is the
-shape of the report (paired intervals, tests, weighting, notes). Run from the repository root::
+Two tiny Llamas (the ``llama-eval`` preset of ``mergemed.testing``: 4096 positions, a
+512-token tokenizer with a chat template) stand for the parents: "instruct" is a random-weight
+model, "clinical" a copy of it that always answers "yes" (``mergemed.testing.answering``: it
+scores PubMedQA's share of "yes" and can do nothing else). They are merged by SLERP (t = 0.5)
+and all three are scored on offline tasks (PubMedQA, the two instruction-following sets, both
+perplexities) on one stratified ``--limit`` sample, so every change is paired. The numbers are
+those of toy models: the point is the shape of the report (paired intervals, tests, weighting,
+notes). Run from the repository root::
 
     .venv/bin/python docs/evaluation_example.py [WORKDIR]
 """
@@ -25,6 +26,7 @@ from mergemed.cli.evaluation_render import render_report
 from mergemed.engine import merge
 from mergemed.evaluation import evaluate
 from mergemed.testing import build_tokenizer, make_random_model
+from mergemed.testing.answering import make_answering_model
 
 OUTPUT = Path(__file__).resolve().parent / "evaluation_example.txt"
 TASKS = ["mm_pubmedqa", "ifeval_general", "ifeval_med", "general_ppl", "pubmedqa_ppl"]
@@ -36,7 +38,7 @@ def main(workdir: Path) -> None:
     instruct = make_random_model(
         workdir / "instruct", "llama-eval", seed=0, tokenizer_dir=tokenizer
     )
-    clinical = make_random_model(workdir / "clinical", base_dir=instruct, seed=1, perturbation=0.5)
+    clinical = make_answering_model(workdir / "clinical", instruct, "yes")
     recipe = workdir / "slerp.yaml"
     recipe.write_text(
         f"merge_method: slerp\nbase_model: {instruct}\nmodels:\n"
