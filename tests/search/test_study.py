@@ -233,7 +233,21 @@ def test_two_workers_on_sqlite_run_each_candidate_once(tiny_eval_models, tmp_pat
     instruct, clinical, _ = tiny_eval_models
     space = write_space(tmp_path, instruct, clinical)
     workers = [worker(space, tmp_path / "run") for _ in range(2)]
+    # grid show works while the search runs: once a trial has finished, it shows it
+    import time
+
+    shown = None
+    while shown is None and any(w.poll() is None for w in workers):
+        time.sleep(0.5)
+        try:
+            if leaderboard(reopen_run(tmp_path / "run"))["trials"]:
+                shown = run_cli("grid", "show", str(tmp_path / "run"))
+        except Exception:  # the run folder or its schema is still being created
+            continue
     assert [w.wait(timeout=900) for w in workers] == [0, 0]
+    assert shown is not None, "the search finished before any trial could be shown"
+    assert shown.returncode == 0, shown.stderr
+    assert "search mergemed-" in shown.stdout
     rows = leaderboard(reopen_run(tmp_path / "run"))["trials"]
     choices = [tuple(sorted(r["choice"].items())) for r in rows]
     assert len(choices) == 4 and len(set(choices)) == 4
