@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mergemed.search.space import SearchError
-from mergemed.search.study import SearchRun, leaderboard
+from mergemed.search.storage import SearchRun
+from mergemed.search.study import leaderboard
 
 SORTS = ("rank", "domain_gain", "forgetting", "value")
 

@@ -134,11 +134,11 @@ def weights(folder: Path) -> dict:
 
 WORKER = """
 import os, signal, sys
-from mergemed.search import study
+from mergemed.search import storage
 from mergemed.search.study import run_search
 # a short heartbeat, so a test need not wait a minute for a dead worker's trial to go stale
-study.HEARTBEAT_SECONDS = int(os.environ.get("HEARTBEAT", study.HEARTBEAT_SECONDS))
-study.GRACE_SECONDS = int(os.environ.get("GRACE", study.GRACE_SECONDS))
+storage.HEARTBEAT_SECONDS = int(os.environ.get("HEARTBEAT", storage.HEARTBEAT_SECONDS))
+storage.GRACE_SECONDS = int(os.environ.get("GRACE", storage.GRACE_SECONDS))
 kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 seen = []
 def on_trial(record):

@@ -1,6 +1,8 @@
 """What ``ifeval_med/build.py`` and ``ifeval_general/build.py`` share: IFEval-style prompts from
 requests and verifiable instructions.
 
+Just over 500 lines: one generator per IFEval instruction type (25), kept together as one table.
+
 A prompt set is one ``wording.json`` (its requests, the phrasing of every instruction, its word
 lists, numbers and instruction weights: data, not code) plus a ``build.py`` that reads its own
 source texts and picks a request for each. This module draws the instructions, phrases them from
