@@ -14,12 +14,13 @@ Tensors outside the decoder layers (embeddings, final norm, lm_head) sit at ``t 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mergemed.errors import CheckpointError, MergeError
-from mergemed.io.architecture import LAYER_PATTERN
+from mergemed.io.architecture import STACK_PATTERN, decoder_prefix, layer_stacks
 from mergemed.methods.registry import MergeMethod, Parameter
 from mergemed.recipe import Parameters, Recipe, Rule, SliceSource
 
@@ -116,6 +117,30 @@ class ModelLayout:
     shapes: dict[str, tuple[int, ...]]
     num_layers: int
     tie_word_embeddings: bool = False
+    layer_prefix: str | None = None
+    """The decoder's block list (``model.layers.``, ``transformer.h.``...); None: found from
+    the names (:func:`mergemed.io.architecture.decoder_prefix`)."""
+
+    def __post_init__(self) -> None:
+        if self.layer_prefix is None:
+            found = decoder_prefix({"num_hidden_layers": self.num_layers}, self.shapes)
+            object.__setattr__(self, "layer_prefix", found)
+
+    def decoder_match(self, name: str) -> re.Match | None:
+        """The name's ``prefix``/``index``/``suffix`` when it is a decoder block's tensor."""
+        match = STACK_PATTERN.match(name)
+        return match if match is not None and match["prefix"] == self.layer_prefix else None
+
+    def stack_position(self, name: str) -> float:
+        """Where a tensor of another block list (a vision tower's) sits in its own stack, 0 to 1,
+        as mergekit positions each module's layers; 0 for tensors outside any block list."""
+        match = STACK_PATTERN.match(name)
+        if match is None:
+            return 0.0
+        count = self.__dict__.setdefault("_stacks", layer_stacks(self.shapes)).get(
+            match["prefix"], 1
+        )
+        return int(match["index"]) / (count - 1) if count > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -222,8 +247,10 @@ def build_plan(recipe: Recipe, layouts: dict[str, ModelLayout]) -> MergePlan:
 
     first, last = slices[0], slices[-1]
     pre, post = _non_layer_names(first, last, layouts)
+    reference_layout = layouts[_reference_model(first)]
     for name in pre:
-        plan.tasks.append(_plan_tensor(recipe, method, first, name, None, 0.0, None, layouts))
+        position = reference_layout.stack_position(name)
+        plan.tasks.append(_plan_tensor(recipe, method, first, name, None, position, None, layouts))
 
     output_layer = 0
     for output_slice in slices:
@@ -239,8 +266,10 @@ def build_plan(recipe: Recipe, layouts: dict[str, ModelLayout]) -> MergePlan:
             output_layer += 1
     plan.num_layers = output_layer
 
+    reference_layout = layouts[_reference_model(last)]
     for name in post:
-        plan.tasks.append(_plan_tensor(recipe, method, last, name, None, 0.0, None, layouts))
+        position = reference_layout.stack_position(name)
+        plan.tasks.append(_plan_tensor(recipe, method, last, name, None, position, None, layouts))
     plan.tie_word_embeddings = not any(t.name.endswith("lm_head.weight") for t in plan.tasks)
     return plan
 
@@ -255,7 +284,7 @@ def _non_layer_names(first: _Slice, last: _Slice, layouts: dict[str, ModelLayout
         found: list[str] = []
         for source in output_slice.sources:
             for name in layouts[source.model].shapes:
-                if not LAYER_PATTERN.match(name) and name not in found:
+                if not layouts[source.model].decoder_match(name) and name not in found:
                     found.append(name)
         reference = list(layouts[_reference_model(output_slice)].shapes)
         return sorted(found, key=lambda n: reference.index(n) if n in reference else len(reference))
@@ -321,7 +350,7 @@ def _layer_suffixes(layout: ModelLayout, layer: int) -> dict[str, tuple[str, str
     if layer not in cache:
         found = {}
         for name in layout.shapes:
-            match = LAYER_PATTERN.match(name)
+            match = layout.decoder_match(name)
             if match and int(match["index"]) == layer:
                 found[match["suffix"]] = (match["prefix"], name)
         cache[layer] = found

@@ -24,24 +24,11 @@ BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE}
 """Chat templates a recipe can name (``chat_template: chatml``)."""
 
 
-def write_model_files(folder: Path, job: MergeJob) -> dict[str, Any]:
-    """Write the merged model's config, tokenizer, generation config and chat template.
-
-    The config is the reference model's, with the plan's layer count (per-layer lists follow
-    their layers), the output dtype, the aligned vocabulary size and the tie setting.
-
-    Args:
-        folder: the output folder (it exists).
-        job: the prepared merge.
-
-    Returns:
-        Where each came from: the ``sources`` section of ``merge.json``.
-
-    Raises:
-        MergeError: the recipe's ``chat_template`` cannot be used.
-        OSError: the folder cannot be written.
-    """
-    recipe, checkpoints, plan, alignment = job.recipe, job.checkpoints, job.plan, job.alignment
+def output_config(job: MergeJob) -> dict[str, Any]:
+    """The merged model's ``config.json``: the reference model's, with the plan's layer count
+    (per-layer lists follow their layers), the output dtype, the aligned vocabulary size and
+    the tie setting."""
+    checkpoints, plan, alignment = job.checkpoints, job.plan, job.alignment
     base = checkpoints[job.reference_model]
     config = dict(base.config)
     original_layers = base.num_layers
@@ -63,6 +50,26 @@ def write_model_files(folder: Path, job: MergeJob) -> dict[str, Any]:
         config["tie_word_embeddings"] = plan.tie_word_embeddings
     elif plan.tie_word_embeddings is False and base.tie_word_embeddings:
         config["tie_word_embeddings"] = False
+    return config
+
+
+def write_model_files(folder: Path, job: MergeJob) -> dict[str, Any]:
+    """Write the merged model's config (:func:`output_config`), tokenizer, generation config
+    and chat template.
+
+    Args:
+        folder: the output folder (it exists).
+        job: the prepared merge.
+
+    Returns:
+        Where each came from: the ``sources`` section of ``merge.json``.
+
+    Raises:
+        MergeError: the recipe's ``chat_template`` cannot be used.
+        OSError: the folder cannot be written.
+    """
+    recipe, checkpoints, alignment = job.recipe, job.checkpoints, job.alignment
+    config = output_config(job)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     settings = tokenizer_settings(recipe)

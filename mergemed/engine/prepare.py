@@ -211,7 +211,12 @@ def _planned(
     plan = build_plan(recipe, _layouts(checkpoints, alignment))
     check_source_dtypes(plan, checkpoints)
     output_dtype = _output_dtype(recipe, checkpoints[reference_model(recipe)], plan)
-    return MergeJob(recipe, options, device, checkpoints, alignment, plan, output_dtype, owner)
+    job = MergeJob(recipe, options, device, checkpoints, alignment, plan, output_dtype, owner)
+    from mergemed.engine.completeness import check_output_complete  # (imports this module)
+    from mergemed.engine.output import output_config
+
+    check_output_complete(job, output_config(job))
+    return job
 
 
 def check_source_dtypes(plan: MergePlan, checkpoints: dict[str, Checkpoint]) -> None:

@@ -8,6 +8,12 @@ The table holds, once for every module that needs them:
 * ``families``: per model family (``model_types``, ``*`` for any), the regular expressions
   that find the decoder-layer stacks in tensor names, with groups ``prefix``, ``index`` and
   ``suffix``. Only the ``default`` family exists for now: ``<prefix>.layers.<i>.<rest>``.
+
+Block lists are also found without a table (:func:`layer_stacks`): every ``<prefix>.<i>.<rest>``
+name belongs to the stack ``<prefix>.`` (GPT-2's ``transformer.h.``, GPT-NeoX's
+``gpt_neox.layers.``, OPT's ``model.decoder.layers.``, a vision tower's ``...encoder.layers.``).
+A model's decoder stack (:func:`decoder_prefix`) is the one whose length the config states; the
+others are indexed on their own.
 """
 
 from __future__ import annotations
@@ -35,6 +41,36 @@ _DEFAULT_FAMILY = next(f for f in _TABLE["families"] if f["name"] == "default")
 
 LAYER_PATTERN = re.compile(_DEFAULT_FAMILY["layer_stacks"][0])
 """Tensor names of the form ``model.layers.<i>.<rest>``: decoder blocks."""
+
+STACK_PATTERN = re.compile(
+    r"^(?P<prefix>(?:[^.]+\.)*?[A-Za-z_][^.]*\.)(?P<index>\d+)(?P<suffix>\..+)$"
+)
+"""Any ``<prefix>.<i>.<rest>`` name: block ``i`` of the stack ``<prefix>.`` (the first number
+in the name, so experts inside a block stay in the block)."""
+
+
+def layer_stacks(tensor_names: Iterable[str]) -> dict[str, int]:
+    """Every block list in the names: prefix -> number of blocks (highest index + 1)."""
+    stacks: dict[str, int] = {}
+    for name in tensor_names:
+        if match := STACK_PATTERN.match(name):
+            prefix, index = match["prefix"], int(match["index"])
+            stacks[prefix] = max(stacks.get(prefix, 0), index + 1)
+    return stacks
+
+
+def decoder_prefix(config: dict[str, Any], tensor_names: Iterable[str]) -> str | None:
+    """The prefix of the decoder's block list (``model.layers.``, ``transformer.h.``...): the
+    stack whose length the config states, preferring a language model's over others of that
+    length, else the stack with the most tensors; None when the names hold no block list."""
+    names = list(tensor_names)
+    stacks = layer_stacks(names)
+    if not stacks:
+        return None
+    stated = config_num_layers(config)
+    candidates = [p for p, count in stacks.items() if count == stated] or list(stacks)
+    sizes = {p: sum(1 for n in names if n.startswith(p)) for p in candidates}
+    return max(candidates, key=lambda p: ("language_model" in p, "layers" in p, sizes[p]))
 
 
 def config_num_layers(config: dict[str, Any]) -> int | None:
@@ -68,8 +104,9 @@ def count_layers(config: dict[str, Any], tensor_names: Iterable[str]) -> int | N
     stated = config_num_layers(config)
     if stated is not None:
         return stated
-    layers = {int(m["index"]) for n in tensor_names if (m := LAYER_PATTERN.match(n))}
-    return max(layers) + 1 if layers else None
+    names = list(tensor_names)
+    prefix = decoder_prefix(config, names)
+    return layer_stacks(names)[prefix] if prefix is not None else None
 
 
 def set_layer_count(config: dict[str, Any], num_layers: int) -> None:

@@ -16,6 +16,7 @@ import torch
 from helpers import load_model_tensors
 
 from mergemed.engine import merge
+from mergemed.io.architecture import config_num_layers
 
 mergekit_config = pytest.importorskip("mergekit.config")
 mergekit_merge = pytest.importorskip("mergekit.merge")
@@ -132,7 +133,7 @@ RECIPES = {
 def _bind(recipe: dict, models: dict[str, Path]) -> dict:
     """Replace the placeholders A, B, C by model folders, N by A's layer count and H by half."""
     text = json.dumps(recipe)
-    layers = json.loads((models["A"] / "config.json").read_text())["num_hidden_layers"]
+    layers = config_num_layers(json.loads((models["A"] / "config.json").read_text()))
     text = text.replace('"N"', str(layers)).replace('"H"', str(max(1, layers // 2)))
     for placeholder, folder in models.items():
         text = text.replace(f'"{placeholder}"', json.dumps(str(folder)))
@@ -159,7 +160,7 @@ def _assert_same(ours: Path, theirs: Path) -> None:
         assert difference <= TOLERANCE, f"{name}: max |difference| {difference:.3g}"
     our_config = json.loads((ours / "config.json").read_text())
     their_config = json.loads((theirs / "config.json").read_text())
-    assert our_config["num_hidden_layers"] == their_config["num_hidden_layers"]
+    assert config_num_layers(our_config) == config_num_layers(their_config)
 
 
 @pytest.mark.slow
@@ -173,6 +174,39 @@ def test_matches_mergekit(case, preset, tiny_model_trio, tmp_path):
         )
     base, first, second = tiny_model_trio(preset)
     recipe = _bind(RECIPES[case], {"A": base, "B": first, "C": second})
+    _mergekit(recipe, tmp_path / "mergekit")
+    merge(_recipe_object(recipe), tmp_path / "mergemed")
+    _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")
+
+
+@pytest.fixture(scope="module")
+def gpt2_trio(tmp_path_factory, tiny_tokenizer_dir) -> tuple[Path, Path, Path]:
+    """Three tiny GPT-2 models (blocks named ``transformer.h.<i>``, not ``layers``): a base and
+    two 0.5 perturbations of it."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from mergemed.testing import make_random_model
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=512, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(folder / "base")
+    AutoTokenizer.from_pretrained(tiny_tokenizer_dir).save_pretrained(folder / "base")
+    others = [
+        make_random_model(
+            folder / f"other-{seed}", base_dir=folder / "base", seed=seed, perturbation=0.5
+        )
+        for seed in (1, 2)
+    ]
+    return folder / "base", others[0], others[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(RECIPES))
+def test_gpt2_blocks_match_mergekit(case, gpt2_trio, tmp_path):
+    """GPT-2's blocks are ``transformer.h.<i>``: gradients and slices must place them as
+    mergekit does (they were once merged by name, every block at t of the first anchor)."""
+    recipe = _bind(RECIPES[case], dict(zip("ABC", gpt2_trio, strict=True)))
     _mergekit(recipe, tmp_path / "mergekit")
     merge(_recipe_object(recipe), tmp_path / "mergemed")
     _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")

@@ -230,3 +230,22 @@ def test_stochastic_methods_reuse_only_under_the_same_seed(tiny_model_pair) -> N
     floating = [n for n, t in a.state_dict.items() if t.is_floating_point()]
     assert other_seed.reused < len(floating)
     assert_same_tensors(other_seed.state_dict, fresh(dare(2)))
+
+
+def test_an_output_missing_tensors_its_config_needs_is_refused(tiny_model_pair) -> None:
+    """Whatever the cause, a plan that leaves out a tensor transformers expects for the output
+    config is an error before any weight is read, never a model with random weights."""
+    from mergemed.engine.completeness import check_output_complete
+    from mergemed.engine.output import output_config
+
+    base, other = tiny_model_pair("llama")
+    with prepare_merge(linear(base, other, 0.5)) as job:
+        config = output_config(job)
+        check_output_complete(job, config)  # complete: no error
+        job.plan.tasks = [
+            t for t in job.plan.tasks if t.name != "model.layers.1.mlp.up_proj.weight"
+        ]
+        with pytest.raises(
+            MergeError, match=r"lack 1 tensors .*'model.layers.1.mlp.up_proj.weight'"
+        ):
+            check_output_complete(job, config)

@@ -55,3 +55,37 @@ def test_set_layer_count_rewrites_only_present_keys() -> None:
         "n_layer": 8,
         "text_config": {"num_hidden_layers": 32},
     }
+
+
+def test_block_lists_are_found_whatever_they_are_called() -> None:
+    from mergemed.io.architecture import decoder_prefix, layer_stacks
+
+    gpt2 = [f"transformer.h.{i}.attn.c_attn.weight" for i in range(12)] + [
+        "transformer.wte.weight",
+        "transformer.ln_f.weight",
+    ]
+    assert layer_stacks(gpt2) == {"transformer.h.": 12}
+    assert decoder_prefix({"n_layer": 12}, gpt2) == "transformer.h."
+    assert count_layers({}, gpt2) == 12
+    neox = [f"gpt_neox.layers.{i}.mlp.dense_h_to_4h.weight" for i in range(3)]
+    opt = [f"model.decoder.layers.{i}.fc1.weight" for i in range(5)]
+    assert decoder_prefix({}, neox) == "gpt_neox.layers."
+    assert decoder_prefix({}, opt) == "model.decoder.layers."
+    # Experts inside a block stay in the block: the first number is the block's.
+    moe = [f"model.layers.{i}.mlp.experts.{e}.w1.weight" for i in range(2) for e in range(8)]
+    assert layer_stacks(moe) == {"model.layers.": 2}
+
+
+def test_the_decoder_is_the_stack_the_config_counts() -> None:
+    """A LLaVA-style checkpoint has a vision tower's blocks beside the language model's; the
+    config's (text) layer count picks the decoder, and a tie goes to the language model."""
+    from mergemed.io.architecture import decoder_prefix
+
+    vision = [f"vision_tower.vision_model.encoder.layers.{i}.mlp.fc1.weight" for i in range(4)]
+    text = [f"language_model.model.layers.{i}.mlp.up_proj.weight" for i in range(2)]
+    config = {"text_config": {"num_hidden_layers": 2}, "vision_config": {"num_hidden_layers": 4}}
+    assert decoder_prefix(config, vision + text) == "language_model.model.layers."
+    same_length = [
+        n.replace("layers.2", "layers.1").replace("layers.3", "layers.0") for n in vision
+    ]
+    assert decoder_prefix(config, same_length + text) == "language_model.model.layers."
