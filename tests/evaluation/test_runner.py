@@ -54,8 +54,31 @@ def same_as_lm_eval(model, task: str, folder: Path, *, chat: bool, **kwargs) -> 
     direct = direct_lm_eval(folder, task, chat=chat, doc_ids=per_sample["doc_id"], **kwargs)
     assert ours == direct["results"]
     metric = next(k for k in direct if k != "results")
-    assert per_sample[f"{metric},none"] == direct[metric]  # per-sample scores equal
+    # per-sample scores equal (JSON round trip: perplexity's (log-likelihood, weight) pairs)
+    assert json.loads(json.dumps(per_sample[f"{metric},none"])) == json.loads(
+        json.dumps(direct[metric])
+    )
     return ours
+
+
+@pytest.mark.parametrize(
+    ("task", "chat", "gen_kwargs"),
+    [
+        ("ifeval_general", True, "max_gen_toks=24"),
+        ("general_ppl", False, None),
+        ("pubmedqa_ppl", False, None),
+    ],
+)
+def test_offline_forgetting_tasks_equal_a_direct_lm_eval_call(
+    tiny_eval_models, task: str, chat: bool, gen_kwargs: str | None
+) -> None:
+    """The other shipped offline tasks (general instruction following, both perplexities):
+    results and per-sample scores equal lm-eval's own on the same documents and format."""
+    instruct = tiny_eval_models[0]
+    options = {"gen_kwargs": gen_kwargs} if gen_kwargs else {}
+    report = evaluate(instruct, tasks=[task], limit=4, store=False, **options)
+    assert report.models[0].settings["chat_template"] is chat
+    same_as_lm_eval(report.models[0], task, instruct, chat=chat, **options)
 
 
 @pytest.fixture(scope="module")
