@@ -11,17 +11,27 @@ path (``recipe.yaml:7: parameters.t[2]: expected a number in [0, 1], got 1.5``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from mergemed.errors import RecipeError
 from mergemed.methods import get_method
-from mergemed.methods.registry import MergeMethod, suggest
-from mergemed.validated_yaml import Problems, load_validated
+from mergemed.methods.registry import MergeMethod, parameter_names, suggest
+from mergemed.validated_yaml import Problems, format_path, load_validated
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 """A single parameter value."""
@@ -145,6 +155,8 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    _ignored: list[str] = PrivateAttr(default_factory=list)
+
     merge_method: str
     """``linear``, ``slerp``, ``task_arithmetic``, ``ties``, ``dare_ties``, ``dare_linear`` or
     ``passthrough``."""
@@ -180,6 +192,12 @@ class Recipe(BaseModel):
     @property
     def method(self) -> MergeMethod:
         return get_method(self.merge_method)
+
+    @property
+    def ignored_parameters(self) -> list[str]:
+        """Key paths of parameters this method does not use but another method does (a slerp
+        model's ``weight``): accepted and ignored, as mergekit ignores them."""
+        return list(self._ignored)
 
     def model_references(self) -> list[str]:
         """Every model the recipe names, base first when given, without duplicates."""
@@ -232,7 +250,47 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     )
 
 
+_YAML11_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+"""``1e-4``: a float in YAML 1.2, a string to PyYAML (YAML 1.1 wants ``1.0e-4``)."""
+
+
+def _as_mergekit_reads(value: Any, kind: type | None) -> Any:
+    """A parameter value as mergekit 0.1.5 validates it: scientific notation without a dot is a
+    number, and 0/1 for a boolean parameter are False/True (also as gradient anchors)."""
+    if isinstance(value, list):
+        return [_as_mergekit_reads(v, kind) for v in value]
+    if isinstance(value, dict) and "value" in value:
+        return {**value, "value": _as_mergekit_reads(value["value"], kind)}
+    if isinstance(value, str) and _YAML11_NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if kind is bool and type(value) in (int, float) and value in (0, 1):
+        return bool(value)
+    return value
+
+
+def _normalise_parameters(data: dict[str, Any]) -> None:
+    try:
+        method = get_method(str(data.get("merge_method")))
+    except RecipeError:
+        method = None
+    holders = [data]
+    for entry in data.get("models") or []:
+        holders.append(entry if isinstance(entry, dict) else {})
+    for output_slice in data.get("slices") or []:
+        if isinstance(output_slice, dict):
+            holders.append(output_slice)
+            holders += [s for s in output_slice.get("sources") or [] if isinstance(s, dict)]
+    for holder in holders:
+        parameters = holder.get("parameters")
+        if isinstance(parameters, dict):
+            for name, value in parameters.items():
+                parameter = method.parameter(name) if method is not None else None
+                kind = parameter.kind if parameter is not None else None
+                parameters[name] = _as_mergekit_reads(value, kind)
+
+
 def _check_unsupported_mergekit_keys(data: dict[str, Any], problems: Problems) -> None:
+    _normalise_parameters(data)
     if "modules" in data:
         problems.add(("modules",), "multi-module recipes are not supported; use models or slices")
     if data.get("tokenizer") is not None and data.get("tokenizer_source") is not None:
@@ -290,6 +348,10 @@ def _check_semantics(recipe: Recipe, problems: Problems) -> None:
     for path, parameters, scope in _settings(recipe):
         for name, setting in parameters.items():
             parameter = method.parameter(name)
+            if parameter is None and name in parameter_names():
+                # Another method's parameter: mergekit ignores it, and so does mergemed, aloud.
+                recipe._ignored.append(f"{format_path((*path, name))}")
+                continue
             if parameter is None:
                 accepted = ", ".join(p.name for p in method.parameters) or "none"
                 hint = suggest(name, list(method.parameter_index))

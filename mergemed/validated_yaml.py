@@ -8,6 +8,7 @@ line and carries all of them in ``.problems``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,7 +247,7 @@ def load_validated(
     """
     name = what
     if isinstance(source, dict):
-        data: Any = source
+        data: Any = copy.deepcopy(source)  # checks may normalise it; the caller's stays as it is
         located = Located(None)
     else:
         path = Path(source) if not (isinstance(source, str) and "\n" in source) else None

@@ -70,12 +70,17 @@ def _training_kind(data: dict[str, Any]) -> Literal["cpt", "sft"] | None:
     return "cpt" if has_sources else "sft"
 
 
-def validate_file(path: str | Path) -> FileValidation:
+def validate_file(path: str | Path, *, strict: bool = False) -> FileValidation:
     """Check a recipe or a training config without touching any model or data.
 
     The kind is told by the top-level keys (:func:`file_kind`). A training config that does not
     state ``kind`` is read as ``cpt`` when its data has ``sources`` and as ``sft`` when it has
     a ``path``.
+
+    Args:
+        path: the file.
+        strict: also refuse what mergemed accepts for mergekit's sake but ignores (a
+            parameter the recipe's method does not use).
 
     Returns:
         The kind, the normalised YAML (when valid) and every problem, one line each. Never
@@ -110,7 +115,14 @@ def validate_file(path: str | Path) -> FileValidation:
         )
     try:
         if kind == "recipe":
-            return FileValidation(path, kind, yaml=load_recipe(path).to_yaml())
+            recipe = load_recipe(path)
+            if strict and recipe.ignored_parameters:
+                problems = [
+                    f"{path}: {key}: {recipe.merge_method} does not use it (--strict)"
+                    for key in recipe.ignored_parameters
+                ]
+                return FileValidation(path, kind, problems=problems)
+            return FileValidation(path, kind, yaml=recipe.to_yaml())
         config = load_train_config(path, _training_kind(data))
     except MergemedError as error:
         return FileValidation(path, kind, problems=getattr(error, "problems", []) or [str(error)])

@@ -64,5 +64,11 @@ def merge(
             f"vocabulary: {escape(vocabulary['source'])}, {vocabulary['tokens']} tokens "
             f"({added} added), {vocabulary['rows']} rows; filled rows per parent in merge.json"
         )
+    if ignored := result.report.get("ignored_parameters"):
+        console.print(
+            f"[yellow]warning:[/] {result.report['merge_method']} does not use "
+            f"{escape(', '.join(ignored))}: ignored, as mergekit does (recorded in merge.json)",
+            soft_wrap=True,
+        )
     template = result.report["sources"].get("chat_template")
     console.print(f"chat template: {escape(template) if template else 'none (no parent has one)'}")

@@ -14,12 +14,16 @@ from mergemed.cli.render import console, print_error
 
 def validate(
     file: Annotated[Path, typer.Argument(help="Recipe or training config YAML.")],
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Also refuse parameters the method ignores."),
+    ] = False,
 ) -> None:
     """Check FILE (a recipe or a training config) without touching any model or data; print
     it as mergemed reads it, every default spelled out, or every problem, one line each."""
     from mergemed.validation import validate_file
 
-    checked = validate_file(file)
+    checked = validate_file(file, strict=strict)
     if not checked.valid:
         for problem in checked.problems:
             print_error(problem)

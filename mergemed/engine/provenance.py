@@ -78,6 +78,8 @@ def merge_report(job: MergeJob, run: MergeRun) -> dict[str, Any]:
             "safetensors": _package_version("safetensors"),
         },
         "merge_method": job.recipe.merge_method,
+        # parameters another method takes, given to this one: ignored, as mergekit does
+        "ignored_parameters": job.recipe.ignored_parameters,
         "device": str(job.options.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.started)),
         "seconds": round(finished - run.started, 3),

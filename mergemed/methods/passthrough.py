@@ -14,7 +14,8 @@ from mergemed.methods.registry import (
 
 def _merge(inputs: MergeInputs):
     tensor = inputs.tensors[0]
-    scale = inputs.parameters["scale"]
+    # Per model, as in mergekit (one model per slice); a global or slice value applies too.
+    scale = inputs.model_parameters[0]["scale"]
     result = tensor.to(compute_dtype(tensor))
     return result * scale if scale != 1 else result
 
@@ -23,7 +24,7 @@ register(
     MergeMethod(
         name="passthrough",
         merge=_merge,
-        parameters=(Parameter("scale", "global", float, 1.0, description="multiply by"),),
+        parameters=(Parameter("scale", "model", float, 1.0, description="multiply by"),),
         base_model="ignored",
         min_models=1,
         max_models=1,

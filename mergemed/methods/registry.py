@@ -184,6 +184,11 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def parameter_names() -> frozenset[str]:
+    """Every parameter name some registered method takes."""
+    return frozenset(p.name for method in _REGISTRY.values() for p in method.parameters)
+
+
 def get_method(name: str) -> MergeMethod:
     """Look a method up by name; an unknown name raises a one-line error with suggestions."""
     try:

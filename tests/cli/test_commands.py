@@ -155,3 +155,22 @@ def test_methods_lists_every_method() -> None:
     assert expected | {"passthrough"} <= set(methods)
     for name in methods:
         assert re.search(rf"\b{name}\b", result.stdout), f"{name} not listed"
+
+
+def test_merge_names_the_parameters_it_ignores(tiny_model_pair, tmp_path: Path) -> None:
+    base, other = tiny_model_pair("llama")
+    recipe = tmp_path / "slerp.yaml"
+    recipe.write_text(
+        f"merge_method: slerp\nbase_model: {base}\nmodels:\n"
+        f"  - model: {base}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {other}\nparameters: {{t: 0.5}}\n"
+    )
+    result = run_cli("merge", recipe, "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: slerp does not use models[0].parameters.weight: ignored, as mergekit does "
+        "(recorded in merge.json)"
+    ]
+    report = json.loads((tmp_path / "out" / "merge.json").read_text())
+    assert report["ignored_parameters"] == ["models[0].parameters.weight"]

@@ -94,3 +94,36 @@ def test_a_file_that_is_neither_says_what_was_expected(tmp_path: Path) -> None:
         f"error: {other}: expected a recipe (merge_method, models or slices...) or a training "
         "config (model, data, output...); found keys: services, version"
     ]
+
+
+def test_another_methods_parameter_is_accepted_and_strict_refuses_it(tmp_path: Path) -> None:
+    """mergekit ignores a parameter the method does not use (its own tests give slerp models a
+    ``weight``): mergemed accepts it and names it; ``--strict`` refuses it; a name no method
+    takes is still an error."""
+    recipe = write(
+        tmp_path / "merge.yaml",
+        """
+        merge_method: slerp
+        base_model: org/a
+        models:
+          - model: org/a
+            parameters: {weight: 0.5}
+          - model: org/b
+            parameters: {weight: 0.5}
+        parameters: {t: 0.5}
+        """,
+    )
+    assert load_recipe(recipe).ignored_parameters == [
+        "models[0].parameters.weight",
+        "models[1].parameters.weight",
+    ]
+    assert run_cli("validate", recipe).returncode == 0
+    strict = run_cli("validate", recipe, "--strict")
+    assert strict.returncode == 2
+    assert error_lines(strict.stderr) == [
+        f"error: {recipe}: models[{i}].parameters.weight: slerp does not use it (--strict)"
+        for i in (0, 1)
+    ]
+    typo = write(tmp_path / "typo.yaml", recipe.read_text().replace("weight", "wieght"))
+    refused = run_cli("validate", typo)
+    assert refused.returncode == 2 and "unknown parameter for slerp" in refused.stderr

@@ -57,6 +57,15 @@ RECIPES = {
         "models": [{"model": "A"}, {"model": "B"}],
         "parameters": SLERP_SCHEDULE,
     },
+    "slerp-with-model-weights": {  # mergekit's own test configs: slerp ignores `weight`
+        "merge_method": "slerp",
+        "base_model": "A",
+        "models": [
+            {"model": "A", "parameters": {"weight": 0.3}},
+            {"model": "B", "parameters": {"weight": 0.7}},
+        ],
+        "parameters": {"t": [0.2, 0.9]},
+    },
     "slerp-slices": {
         "merge_method": "slerp",
         "base_model": "A",
@@ -94,6 +103,15 @@ RECIPES = {
             {"model": "C", "parameters": {"weight": 0.8, "density": [0.3, 0.9]}},
         ],
     },
+    "ties-yaml11-numbers-bool-gradient": {  # what PyYAML gives for `1e-1`; 0/1 as booleans
+        "merge_method": "ties",
+        "base_model": "A",
+        "models": [
+            {"model": "B", "parameters": {"weight": "7e-1", "density": "5e-1"}},
+            {"model": "C", "parameters": {"weight": 0.5, "density": ["3e-1", 0.9]}},
+        ],
+        "parameters": {"normalize": [0, 1], "lambda": "9e-1"},
+    },
     "ties-unnormalised-rescaled": {
         "merge_method": "ties",
         "base_model": "A",
@@ -119,6 +137,13 @@ RECIPES = {
             {"model": "C", "parameters": {"weight": 0.4}},
         ],
         "parameters": {"normalize": True},
+    },
+    "passthrough-scaled": {
+        "merge_method": "passthrough",
+        "slices": [
+            {"sources": [{"model": "A", "layer_range": [0, "H"], "parameters": {"scale": 0.5}}]},
+            {"sources": [{"model": "B", "layer_range": ["H", "N"]}], "parameters": {"scale": 2}},
+        ],
     },
     "passthrough-stack": {
         "merge_method": "passthrough",
