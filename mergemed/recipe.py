@@ -273,13 +273,12 @@ def _normalise_parameters(data: dict[str, Any]) -> None:
         method = get_method(str(data.get("merge_method")))
     except RecipeError:
         method = None
-    holders = [data]
-    for entry in data.get("models") or []:
-        holders.append(entry if isinstance(entry, dict) else {})
-    for output_slice in data.get("slices") or []:
-        if isinstance(output_slice, dict):
-            holders.append(output_slice)
-            holders += [s for s in output_slice.get("sources") or [] if isinstance(s, dict)]
+    def mappings(value: Any) -> list[dict]:
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    holders = [data, *mappings(data.get("models"))]
+    for output_slice in mappings(data.get("slices")):
+        holders += [output_slice, *mappings(output_slice.get("sources"))]
     for holder in holders:
         parameters = holder.get("parameters")
         if isinstance(parameters, dict):
