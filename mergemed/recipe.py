@@ -273,6 +273,7 @@ def _normalise_parameters(data: dict[str, Any]) -> None:
         method = get_method(str(data.get("merge_method")))
     except RecipeError:
         method = None
+
     def mappings(value: Any) -> list[dict]:
         return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
