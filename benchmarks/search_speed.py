@@ -117,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     # In memory: prepare once, then each candidate.
     merge_speed.read_into_page_cache(inputs)
     started = time.perf_counter()
-    job_context = prepare_merge(load_recipe(recipes[0]))
-    job = job_context.__enter__()
-    prepare_seconds = time.perf_counter() - started
     memory_times, reuse_times, reused_counts = [], [], []
     first_tensors, score_seconds = None, None
-    try:
+    with prepare_merge(load_recipe(recipes[0])) as job:
+        prepare_seconds = time.perf_counter() - started
         for index, recipe in enumerate(recipes):
             begin = time.perf_counter()
             merged = merge_job_to_memory(job.replan(load_recipe(recipe)))
@@ -155,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
             merged.cleanup()
             previous = merged
         del previous
-    finally:
-        job_context.__exit__(None, None, None)
     memory_peak = peak_rss_gb(resource.RUSAGE_SELF)
 
     def to_disk(name: str, command_for) -> tuple[list[float], Path]:

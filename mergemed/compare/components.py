@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mergemed.io.architecture import LAYER_PATTERN
+from mergemed.io.architecture import STACK_PATTERN
 
 LAYER_COMPONENTS = {
     "q_proj": "q",
@@ -37,7 +37,7 @@ def tensor_component(name: str) -> tuple[int | None, str]:
     ``(2, "up")``; ``model.embed_tokens.weight`` -> ``(None, "embed_tokens")``."""
     from mergemed.schedule import component_of
 
-    match = LAYER_PATTERN.match(name)
+    match = STACK_PATTERN.match(name)  # any block list: model.layers.N, transformer.h.N...
     if match:
         module = _module_path(match["suffix"][1:])
         short = LAYER_COMPONENTS.get(module.rsplit(".", 1)[-1])

@@ -82,6 +82,7 @@ def test_blocked_float32_sums_match_one_pass_in_float64(
     generator = torch.Generator().manual_seed(0)
     a, b, c = (torch.randn(500, generator=generator) for _ in range(3))
     with_base = 300  # only the first 300 elements have a base value
+    # Not a mock: a smaller block size, so the blocked float64 summation path is exercised.
     monkeypatch.setattr("mergemed.compare.stats.COMPUTE_BLOCK_ELEMENTS", block)
     accumulator = BlockAccumulator(chunk_elements=500)
     assert len(accumulator.scratch["a"]) == min(block, 500)

@@ -1,4 +1,5 @@
-"""The shared IFEval-style prompt builder: drawing rules, phrasing, consistency and validation."""
+"""The shared IFEval-style prompt builder (drawing rules, phrasing, consistency) and its check
+against lm-eval's registry (``ifeval_check``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mergemed.evaluations.forgetting import ifeval_builder
+from mergemed.evaluations.forgetting import ifeval_builder, ifeval_check
 from mergemed.evaluations.forgetting.ifeval_builder import Wording
 
 FORGETTING = Path(ifeval_builder.__file__).resolve().parent
@@ -112,12 +113,12 @@ def test_records_put_the_repeat_last_and_validate_against_lm_eval(registry) -> N
             assert doc["prompt"].startswith(copied) and copied.startswith(request)
         docs.append(doc)
     assert repeated > 0
-    ifeval_builder.validate(docs)
+    ifeval_check.validate(docs)
     with pytest.raises(ValueError, match="duplicate"):
-        ifeval_builder.validate(docs + docs[:1])
+        ifeval_check.validate(docs + docs[:1])
     with pytest.raises(ValueError, match="excluded word"):
-        ifeval_builder.validate(docs, re.compile(r"\bsimply\b"))
+        ifeval_check.validate(docs, re.compile(r"\bsimply\b"))
     bad = json.loads(json.dumps(docs[0]))
     bad["instruction_id_list"][0] = "keywords:not_an_instruction"
     with pytest.raises(ValueError, match="not in lm-eval's IFEval registry"):
-        ifeval_builder.validate([bad])
+        ifeval_check.validate([bad])

@@ -231,7 +231,7 @@ def test_shipped_instructions_are_valid_for_lm_eval(punkt_cache, shipped_docs, b
                 assert other not in conflicts[name], (doc["key"], name, other)
         seen.update(ids)
     assert len(seen) >= 20  # most of the registry is exercised
-    build_module.ifeval_builder.validate(shipped_docs)
+    build_module.ifeval_check.validate(shipped_docs)
 
 
 # ---------------------------------------------------------------------------------- scoring

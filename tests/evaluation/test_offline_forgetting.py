@@ -278,7 +278,7 @@ def test_ifeval_general_records_are_valid_for_lm_eval(punkt_cache, ifg_docs, ifg
                 assert other not in conflicts[name], (doc["key"], name, other)
         seen.update(ids)
     assert len(seen) >= 20  # most of the registry is exercised
-    ifg_build.ifeval_builder.validate(ifg_docs, ifg_build.EXCLUDED_WORDS)
+    ifg_build.ifeval_check.validate(ifg_docs, ifg_build.EXCLUDED_WORDS)
 
 
 def test_ifeval_general_quotes_real_definitions(ifg_docs, ifg_build) -> None:

@@ -397,7 +397,9 @@ def test_an_unreachable_hub_skips_hub_tasks_with_a_note_after_one_probe(
     probes: list[str | None] = []
     real_probe = comparison.probe_hub
 
-    def counted_probe(*args, **kwargs):  # a spy: the real probe runs
+    # The Hub cannot be reached from here at all; a closed local port stands in for it (the
+    # real probe really fails). A spy, not a mock: the real probe runs, its calls are counted.
+    def counted_probe(*args, **kwargs):
         probes.append(real_probe(*args, **kwargs))
         return probes[-1]
 

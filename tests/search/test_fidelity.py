@@ -84,15 +84,15 @@ def answering(tiny_eval_models, tmp_path_factory) -> tuple[Path, Path, Path]:
     )
 
 
-def write_space(folder: Path, instruct: Path, yes: Path, maybe: Path, fidelity: str) -> Path:
+def write_space(
+    folder: Path, instruct: Path, yes: Path, maybe: Path, fidelity: list[int] | None
+) -> Path:
     from mergemed.testing.answering import answering_grid_space
 
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = [10] if fidelity else None
     path = folder / "space.yaml"
-    path.write_text(
-        yaml.safe_dump(answering_grid_space(yes, maybe, instruct, limit=30, fidelity=sizes))
-    )
+    space = answering_grid_space(yes, maybe, instruct, limit=30, fidelity=fidelity)
+    path.write_text(yaml.safe_dump(space))
     return path
 
 
@@ -101,9 +101,9 @@ def test_multi_fidelity_finds_the_full_sample_front_for_less(answering, tmp_path
     from mergemed.search.study import leaderboard, run_search
 
     instruct, yes, maybe = answering
-    full_space = write_space(tmp_path / "full", instruct, yes, maybe, "")
+    full_space = write_space(tmp_path / "full", instruct, yes, maybe, None)
     full = leaderboard(run_search(full_space, tmp_path / "a"))
-    cheap_space = write_space(tmp_path / "cheap", instruct, yes, maybe, "fidelity: [10]")
+    cheap_space = write_space(tmp_path / "cheap", instruct, yes, maybe, [10])
     cheap = leaderboard(run_search(cheap_space, tmp_path / "b"))
 
     def front(board: dict) -> set:

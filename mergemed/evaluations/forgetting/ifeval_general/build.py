@@ -18,10 +18,10 @@ set stays general, and words of Bierce's that target a people, a faith or a sex,
 benchmark prompts). Prompts are shuffled together.
 
 The requests, topics, the wording of every instruction, the word lists and the instruction
-weights are data, in ``wording.json`` beside this file; drawing, assembling, checking and writing
-is ``ifeval_builder.py`` in the folder above, shared with ``ifeval_med``. Generation uses only the
-standard library and is deterministic: every choice comes from ``random.Random`` seeded with a
-fixed string, so two runs write the same bytes. After
+weights are data, in ``wording.json`` beside this file; drawing, assembling, checking and
+writing is ``ifeval_builder.py`` and ``ifeval_check.py`` in the folder above, shared with
+``ifeval_med``. Generation uses only the standard library and is deterministic: every choice
+comes from ``random.Random`` seeded with a fixed string, so two runs write the same bytes. After
 generating, the script checks every record against lm-eval's registry (each id exists, its
 ``build_description`` accepts the kwargs, no two instructions of a prompt conflict in
 ``INSTRUCTION_CONFLICTS``) and that no prompt contains a word of ``EXCLUDED_WORDS``; the
@@ -45,9 +45,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # ifeval_builder.py, also when run as a script
+sys.path.insert(
+    0, str(HERE.parent)
+)  # ifeval_builder.py and ifeval_check.py, also when run as a script
 
 import ifeval_builder  # noqa: E402
+import ifeval_check  # noqa: E402
 
 DICTIONARY = HERE.parents[2] / "data" / "devils_dictionary.txt"
 OUTPUT = HERE / "ifeval_general.jsonl"
@@ -162,7 +165,7 @@ def build(text: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Build, validate (also: no prompt has a word of ``EXCLUDED_WORDS``) and write the prompts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    return ifeval_builder.command_line(
+    return ifeval_check.command_line(
         parser,
         OUTPUT,
         lambda args: build(DICTIONARY.read_text(encoding="utf-8")),

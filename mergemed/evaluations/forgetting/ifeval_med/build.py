@@ -9,13 +9,12 @@ it unchanged; ``key`` is the PubMed id of the question.
 
 The requests, the wording of every instruction, the word lists and the instruction weights are
 data, in ``wording.json`` beside this file; drawing, assembling, checking and writing is
-``ifeval_builder.py`` in the folder above, shared with ``ifeval_general``. Generation uses only
-the standard library and is deterministic: every choice comes from ``random.Random`` seeded with
-a fixed string, so two runs write the same bytes. After
+``ifeval_builder.py`` and ``ifeval_check.py`` in the folder above, shared with
+``ifeval_general``. Generation uses only the standard library and is deterministic: every choice
+comes from ``random.Random`` seeded with a fixed string, so two runs write the same bytes. After
 generating, the script checks every record against lm-eval's registry (each id exists, its
 ``build_description`` accepts the kwargs, no two instructions of a prompt conflict in
-``INSTRUCTION_CONFLICTS``); that check needs lm-eval and is skipped only with
-``--no-validate``.
+``INSTRUCTION_CONFLICTS``); that check needs lm-eval and is skipped only with ``--no-validate``.
 
 Usage::
 
@@ -40,9 +39,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # ifeval_builder.py, also when run as a script
+sys.path.insert(
+    0, str(HERE.parent)
+)  # ifeval_builder.py and ifeval_check.py, also when run as a script
 
 import ifeval_builder  # noqa: E402
+import ifeval_check  # noqa: E402
 
 REPO = HERE.parents[2]
 OUTPUT = HERE / "ifeval_med.jsonl"
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build, validate and write the prompts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pubmedqa", type=Path, help="folder with ori_pqal.json and test ids")
-    return ifeval_builder.command_line(
+    return ifeval_check.command_line(
         parser, OUTPUT, lambda args: build(find_source(args.pubmedqa)), argv
     )
 
