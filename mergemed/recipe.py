@@ -429,6 +429,21 @@ def _check_semantics(recipe: Recipe, problems: Problems) -> None:
             problems.add(
                 ("models",), f"{method.name} takes at most {method.max_models} models, got {count}"
             )
+        others = count - (1 if recipe.base_model and method.base_model != "ignored" else 0)
+        if others < method.min_others or (
+            method.max_others is not None and others > method.max_others
+        ):
+            wanted = (
+                f"exactly {method.min_others}"
+                if method.max_others == method.min_others
+                else f"at least {method.min_others}"
+                if method.max_others is None
+                else f"{method.min_others} to {method.max_others}"
+            )
+            problems.add(
+                ("models",),
+                f"{method.name} merges {wanted} models besides the base_model, got {others}",
+            )
 
     names = recipe.model_references()
     listed = ", ".join(names)

@@ -21,7 +21,7 @@ from typing import Any
 
 from mergemed.errors import CheckpointError, MergeError
 from mergemed.io.architecture import STACK_PATTERN, decoder_prefix, layer_stacks
-from mergemed.methods.registry import MergeMethod, Parameter
+from mergemed.methods.registry import MergeInputs, MergeMethod, Parameter
 from mergemed.recipe import Parameters, Recipe, Rule, SliceSource
 
 COMPONENTS = (
@@ -415,6 +415,24 @@ def _plan_tensor(
             f"parameter {missing.args[0]!r} is required by {method.name}{where} "
             f"but no value applies to tensor {output_name!r}"
         ) from None
+    others = len(sources) - (base_index is not None)
+    if others < method.min_others or (method.max_others is not None and others > method.max_others):
+        raise MergeError(
+            f"tensor {output_name!r}: {method.name} merges {method.min_others}"
+            f"{'' if method.max_others == method.min_others else '+'} models besides the base, "
+            f"got {others} ({', '.join(s.model for s in sources)})"
+        )
+    if method.check is not None:
+        problem = method.check(
+            MergeInputs(
+                tensors=[],
+                base_index=base_index,
+                parameters=parameters,
+                model_parameters=model_parameters,
+            )
+        )
+        if problem:
+            raise MergeError(f"tensor {output_name!r}: {problem}")
     return TensorTask(
         name=output_name,
         shape=shapes[0],

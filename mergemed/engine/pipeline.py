@@ -201,7 +201,7 @@ def task_key(job: MergeJob, task: TensorTask) -> str:
             task.parameters,
             list(task.model_parameters),
             str(job.input_dtype),
-            str(job.output_dtype),
+            str(job.dtype_of(task.name)),
             str(job.device),
             id(job.alignment)
             if job.alignment is not None and is_vocabulary_tensor(task.name)
@@ -267,7 +267,7 @@ def _compute(
     align: bool,
 ) -> torch.Tensor | None:
     method, task, device = job.plan.method, job.plan.tasks[item.task_index], job.device
-    input_dtype, output_dtype = job.input_dtype, job.output_dtype
+    input_dtype, output_dtype = job.input_dtype, job.dtype_of(task.name)
     prepared = []
     for tensor in tensors:
         tensor = tensor.to(device)

@@ -73,7 +73,10 @@ class MergeJob:
         checkpoints: the opened models, by reference, in the recipe's order.
         alignment: how vocabulary rows move between the parents, or None when none move.
         plan: every output tensor, its sources and parameter values.
-        output_dtype: the dtype of the merged weights.
+        output_dtype: the dtype of the merged weights (the config's ``torch_dtype``).
+        tensor_dtypes: the tensors stored in another dtype: with neither ``dtype`` nor
+            ``out_dtype`` in the recipe each output tensor takes the promoted dtype of its
+            parents' (mergekit's rule), so fp32 norms of bf16 parents stay fp32.
     """
 
     recipe: Recipe
@@ -85,6 +88,11 @@ class MergeJob:
     output_dtype: torch.dtype
     owns_checkpoints: bool = field(default=True, repr=False)
     """Whether :meth:`close` closes the checkpoints (False for a job made by :meth:`replan`)."""
+    tensor_dtypes: dict[str, torch.dtype] = field(default_factory=dict, repr=False)
+
+    def dtype_of(self, name: str) -> torch.dtype:
+        """The dtype output tensor ``name`` is stored in."""
+        return self.tensor_dtypes.get(name, self.output_dtype)
 
     @property
     def reference_model(self) -> str:
@@ -98,7 +106,7 @@ class MergeJob:
 
     def output_tensors(self) -> list[OutputTensor]:
         """The output tensors in plan order, not yet placed in shards."""
-        return [OutputTensor(t.name, self.output_dtype, t.shape) for t in self.plan.tasks]
+        return [OutputTensor(t.name, self.dtype_of(t.name), t.shape) for t in self.plan.tasks]
 
     def replan(self, recipe: Recipe | str | Path) -> MergeJob:
         """The same models merged by another recipe (other method, parameters, slices...).
@@ -210,8 +218,10 @@ def _planned(
 ) -> MergeJob:
     plan = build_plan(recipe, _layouts(checkpoints, alignment))
     check_source_dtypes(plan, checkpoints)
-    output_dtype = _output_dtype(recipe, checkpoints[reference_model(recipe)], plan)
-    job = MergeJob(recipe, options, device, checkpoints, alignment, plan, output_dtype, owner)
+    output_dtype, tensor_dtypes = _output_dtypes(recipe, checkpoints, plan)
+    job = MergeJob(
+        recipe, options, device, checkpoints, alignment, plan, output_dtype, owner, tensor_dtypes
+    )
     from mergemed.engine.completeness import check_output_complete  # (imports this module)
     from mergemed.engine.output import output_config
 
@@ -339,14 +349,37 @@ def _layouts(
     return aligned
 
 
-def _output_dtype(recipe: Recipe, reference: Checkpoint, plan: MergePlan) -> torch.dtype:
+def _output_dtypes(
+    recipe: Recipe, checkpoints: dict[str, Checkpoint], plan: MergePlan
+) -> tuple[torch.dtype, dict[str, torch.dtype]]:
+    """The output dtype and the tensors stored in another one.
+
+    ``out_dtype``, else ``dtype``, sets every tensor's. With neither, a tensor takes the
+    promotion of its parents' dtypes (``torch.promote_types``, as mergekit 0.1.5 promotes each
+    tensor group): bf16 parents with fp32 norms keep fp32 norms, and one fp32 parent makes the
+    whole output fp32. The config states the dtype most output elements have.
+    """
     if recipe.out_dtype:
-        return DTYPE_NAMES[recipe.out_dtype]
+        return DTYPE_NAMES[recipe.out_dtype], {}
     if recipe.dtype:
-        return DTYPE_NAMES[recipe.dtype]
+        return DTYPE_NAMES[recipe.dtype], {}
+    promoted: dict[str, torch.dtype] = {}
+    elements: dict[torch.dtype, int] = {}
     for task in plan.tasks:
-        source = task.sources[task.base_index or 0]
-        info = reference.tensors.get(source.name)
-        if info is not None and info.dtype.is_floating_point:
-            return info.dtype
-    return torch.float32
+        dtype = None
+        for source in task.sources:
+            info = checkpoints[source.model].tensors.get(source.name)
+            if info is None or not info.dtype.is_floating_point:
+                continue
+            dtype = info.dtype if dtype is None else torch.promote_types(dtype, info.dtype)
+        if dtype is None:
+            continue
+        promoted[task.name] = dtype
+        numel = 1
+        for size in task.shape:
+            numel *= size
+        elements[dtype] = elements.get(dtype, 0) + numel
+    if not elements:
+        return torch.float32, {}
+    dominant = max(elements, key=lambda d: (elements[d], d.itemsize))
+    return dominant, {name: d for name, d in promoted.items() if d != dominant}

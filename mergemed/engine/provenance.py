@@ -129,7 +129,9 @@ def resolved_recipe(job: MergeJob) -> str:
             parameters[parameter.name] = parameter.default
     if not parameters:
         data.pop("parameters")
-    data["out_dtype"] = str(job.output_dtype).removeprefix("torch.")
+    if not job.tensor_dtypes:
+        # (mixed dtypes follow the parents' promotion; an out_dtype would flatten them)
+        data["out_dtype"] = str(job.output_dtype).removeprefix("torch.")
     if "tokenizer" not in data:
         data.setdefault("tokenizer_source", "base")
     pins = {}

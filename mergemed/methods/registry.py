@@ -38,7 +38,7 @@ class Parameter:
     Attributes:
         name: the key used in recipes (``t``, ``weight``, ``density``...).
         scope: ``"global"`` for one value per tensor, ``"model"`` for one value per input model.
-        kind: ``float`` or ``bool``.
+        kind: ``float``, ``int`` (a whole number) or ``bool``.
         default: the value used when a recipe gives none; ``REQUIRED`` if it must be given.
         minimum: smallest valid value (inclusive), or None.
         maximum: largest valid value (inclusive), or None.
@@ -61,6 +61,8 @@ class Parameter:
         """Say in words what a valid value is, for error messages."""
         if self.kind is bool:
             return "true or false"
+        if self.kind is int and self.minimum is not None:
+            return f"a whole number >= {self.minimum:g}"
         if self.minimum is not None and self.maximum is not None:
             return f"a number in [{self.minimum:g}, {self.maximum:g}]"
         if self.minimum is not None:
@@ -80,6 +82,8 @@ class Parameter:
                 f"expected {self.expectation()} no larger than {MAX_MAGNITUDE:g} in magnitude, "
                 f"got {_shown(value)}"
             )
+        if self.kind is int and value != int(value):
+            return f"expected a whole number, got {value:g}"
         if (self.minimum is not None and value < self.minimum) or (
             self.maximum is not None and value > self.maximum
         ):
@@ -141,11 +145,16 @@ class MergeMethod:
         base_model: ``"required"``, ``"optional"`` or ``"ignored"``.
         min_models: fewest input models (the base included).
         max_models: most input models, or None.
+        min_others: fewest models besides the base (when one is given).
+        max_others: most models besides the base, or None.
         streaming: optional kernel for slice-by-slice execution.
         stochastic: whether the method draws random numbers (needs a seed).
         task_vectors: the base is the origin of task vectors (not one of the merged ends), so a
             recipe may leave it out for models ``mergemed train`` made: their base is read
             from their ``training.json``.
+        check: optional ``MergeInputs -> str | None`` run on every planned tensor's resolved
+            parameters (no tensors yet): the reason they cannot be merged, or None. A bad
+            value is reported before any weight is read.
         description: one line.
     """
 
@@ -159,6 +168,9 @@ class MergeMethod:
     stochastic: bool = False
     task_vectors: bool = False
     description: str = ""
+    min_others: int = 0
+    max_others: int | None = None
+    check: Callable[[MergeInputs], str | None] | None = None
     parameter_index: dict[str, Parameter] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -210,3 +222,16 @@ def suggest(name: str, candidates: Sequence[str]) -> str:
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """Methods do their arithmetic in float32, or float64 when the inputs are float64."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def split_base(inputs: MergeInputs) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The base tensor (None without a base) and the others in recipe order, all in the
+    compute dtype of the first input."""
+    dtype = compute_dtype(inputs.tensors[0])
+    base = None if inputs.base_index is None else inputs.tensors[inputs.base_index].to(dtype)
+    return base, [inputs.tensors[i].to(dtype) for i in inputs.others()]
+
+
+def model_values(inputs: MergeInputs, name: str) -> list[Any]:
+    """The per-model parameter ``name`` of the non-base inputs, in recipe order."""
+    return [inputs.model_parameters[i][name] for i in inputs.others()]

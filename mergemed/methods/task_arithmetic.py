@@ -1,8 +1,11 @@
-"""Task-arithmetic family: task_arithmetic, ties, dare_ties, dare_linear.
+"""Task-arithmetic family: task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs,
+breadcrumbs_ties, della, della_linear.
 
 Each non-base model contributes a task vector ``delta = model - base``. Deltas may be sparsified
-(TIES keeps the largest magnitudes, DARE drops entries at random), and rescaled so the L1 norm of
-a sparsified delta equals the original's. The weighted deltas are summed (TIES and DARE-TIES only
+(TIES keeps the largest magnitudes, DARE drops entries at random, Breadcrumbs drops outliers and
+the smallest, DELLA drops at random less often the larger an entry; see
+:mod:`mergemed.methods.sparsify`), and rescaled so the L1 norm of a sparsified delta equals the
+original's. The weighted deltas are summed (TIES and DARE-TIES only
 where their sign agrees with the elected sign), optionally divided by the sum of the weights that
 contributed, scaled by ``lambda`` and added to the base.
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -23,56 +25,16 @@ from mergemed.methods.registry import (
     compute_dtype,
     register,
 )
+from mergemed.methods.sparsify import (  # noqa: F401 (part of this module's interface)
+    Sparsification,
+    magnitude_mask,
+    random_mask,
+    rank_problem,
+    rescale_to_l1,
+    sparsify,
+)
 
-Sparsification = Literal["magnitude", "random"] | None
-RESCALE_EPSILON = 1e-7
 WEIGHT_SUM_EPSILON = 1e-8
-
-
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Mask keeping the ``max(1, int(density * n))`` largest-magnitude entries of ``delta``."""
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    keep = max(1, int(density * delta.numel()))
-    flat = delta.abs().reshape(-1)
-    mask = torch.zeros_like(flat)
-    mask[torch.topk(flat, keep, sorted=False).indices] = 1
-    return mask.reshape(delta.shape)
-
-
-def random_mask(
-    delta: torch.Tensor, density: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Bernoulli mask keeping each entry with probability ``density`` (drawn from ``generator``)."""
-    probabilities = torch.full_like(delta, density)
-    return torch.bernoulli(probabilities, generator=generator)
-
-
-def rescale_to_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """Scale ``masked`` so that its L1 norm equals that of ``original``."""
-    before = original.abs().sum()
-    after = masked.abs().sum()
-    if before < RESCALE_EPSILON or after < RESCALE_EPSILON:
-        return masked
-    return masked * (before / after)
-
-
-def sparsify(
-    delta: torch.Tensor,
-    density: float,
-    method: Sparsification,
-    rescale: bool,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Drop entries of a task vector (``magnitude`` or ``random``), optionally rescaling."""
-    if method is None or density >= 1:
-        return delta
-    if method == "magnitude":
-        mask = magnitude_mask(delta, density)
-    else:
-        mask = random_mask(delta, density, generator)
-    masked = delta * mask
-    return rescale_to_l1(delta, masked) if rescale else masked
 
 
 def sign_consensus_mask(weighted_deltas: torch.Tensor) -> torch.Tensor:
@@ -147,6 +109,8 @@ def _make_merge(variant: _Variant):
                 variant.sparsification,
                 parameters["rescale"],
                 inputs.generator,
+                gamma=model_parameters.get("gamma", 0.0),
+                epsilon=model_parameters.get("epsilon", 0.0),
             )
             deltas.append(delta)
             weights.append(model_parameters["weight"])
@@ -179,7 +143,46 @@ _VARIANTS = (
     _Variant("ties", "magnitude", True, True, False, "TIES: trim, elect sign, disjoint merge"),
     _Variant("dare_ties", "random", True, False, True, "DARE random drop + TIES sign election"),
     _Variant("dare_linear", "random", False, False, True, "DARE random drop + weighted sum"),
+    _Variant(
+        "breadcrumbs", "outliers", False, False, False, "Breadcrumbs: drop outliers and smallest"
+    ),
+    _Variant(
+        "breadcrumbs_ties", "outliers", True, False, False, "Breadcrumbs + TIES sign election"
+    ),
+    _Variant("della", "rank", True, True, True, "DELLA: magnitude-ranked drop + sign election"),
+    _Variant("della_linear", "rank", False, False, True, "DELLA drop + weighted sum"),
 )
+
+_SPARSIFICATION_PARAMETERS = {
+    "outliers": Parameter(
+        "gamma",
+        "model",
+        float,
+        0.01,
+        minimum=0.0,
+        maximum=1.0,
+        description="fraction of largest-magnitude entries dropped as outliers",
+    ),
+    "rank": Parameter(
+        "epsilon",
+        "model",
+        float,
+        0.15,
+        minimum=0.0,
+        maximum=1.0,
+        description="keep probabilities span density - epsilon .. density + epsilon by rank",
+    ),
+}
+
+
+def _check_rank(inputs: MergeInputs) -> str | None:
+    for index in inputs.others():
+        values = inputs.model_parameters[index]
+        problem = rank_problem(values["density"], values["epsilon"])
+        if problem:
+            return problem
+    return None
+
 
 for _variant in _VARIANTS:
     register(
@@ -219,11 +222,17 @@ for _variant in _VARIANTS:
                     False,
                     description="accepted for mergekit compatibility; masks are boolean anyway",
                 ),
+                *(
+                    [_SPARSIFICATION_PARAMETERS[_variant.sparsification]]
+                    if _variant.sparsification in _SPARSIFICATION_PARAMETERS
+                    else []
+                ),
             ),
             base_model="required",
             min_models=2,
             streaming=_elementwise(_variant),
-            stochastic=_variant.sparsification == "random",
+            stochastic=_variant.sparsification in ("random", "rank"),
+            check=_check_rank if _variant.sparsification == "rank" else None,
             task_vectors=True,
             description=_variant.description,
         )

@@ -155,6 +155,107 @@ RECIPES = {
 }
 
 
+def _weighted(*models_and_weights, **extra) -> list[dict]:
+    return [{"model": m, "parameters": {"weight": w, **extra}} for m, w in models_and_weights]
+
+
+RECIPES.update(
+    {
+        "nuslerp-weights": {
+            "merge_method": "nuslerp",
+            "models": _weighted(("A", 0.3), ("B", 0.7)),
+        },
+        "nuslerp-base-row-wise": {
+            "merge_method": "nuslerp",
+            "base_model": "C",
+            "models": _weighted(("A", 1.0), ("B", [0.5, 2.0])),
+            "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        },
+        "nuslerp-columns": {
+            "merge_method": "nuslerp",
+            "models": _weighted(("A", 2.0), ("B", 1.0)),
+            "parameters": {"nuslerp_flatten": False},
+        },
+        "multislerp": {
+            "merge_method": "multislerp",
+            "models": _weighted(("A", 0.2), ("B", 0.3), ("C", 0.5)),
+        },
+        "multislerp-base-unnormalised": {
+            "merge_method": "multislerp",
+            "base_model": "A",
+            "models": _weighted(("B", 0.4), ("C", [0.2, 0.8])),
+            "parameters": {"normalize_weights": False},
+        },
+        "karcher": {
+            "merge_method": "karcher",
+            "models": [{"model": "A"}, {"model": "B"}, {"model": "C"}],
+        },
+        "karcher-base-not-listed": {
+            "merge_method": "karcher",
+            "base_model": "A",
+            "models": [{"model": "B"}, {"model": "C"}],
+            "parameters": {"max_iter": 3, "tol": 1e-6},
+        },
+        "model-stock": {
+            "merge_method": "model_stock",
+            "base_model": "A",
+            "models": [{"model": "B"}, {"model": "C"}],
+        },
+        "model-stock-filter-wise": {
+            "merge_method": "model_stock",
+            "base_model": "A",
+            "models": [{"model": "A"}, {"model": "B"}, {"model": "C"}],
+            "parameters": {"filter_wise": True},
+        },
+        "breadcrumbs": {
+            "merge_method": "breadcrumbs",
+            "base_model": "A",
+            "models": _weighted(("B", 0.6), ("C", 0.4), density=0.7, gamma=0.05),
+        },
+        "breadcrumbs-ties-gradient": {
+            "merge_method": "breadcrumbs_ties",
+            "base_model": "A",
+            "models": _weighted(("B", 1.0), ("C", 0.5), density=[0.3, 0.9]),
+            "parameters": {"normalize": True, "rescale": True},
+        },
+        "sce": {
+            "merge_method": "sce",
+            "base_model": "A",
+            "models": [{"model": "B"}, {"model": "C"}],
+        },
+        "sce-select-topk": {
+            "merge_method": "sce",
+            "base_model": "A",
+            "models": [{"model": "B"}, {"model": "C"}],
+            "parameters": {"select_topk": 0.4},
+        },
+        "nearswap": {
+            "merge_method": "nearswap",
+            "base_model": "A",
+            "models": [{"model": "A"}, {"model": "B"}],
+            "parameters": {"t": [0.05, 0.5]},
+        },
+        "arcee-fusion": {
+            "merge_method": "arcee_fusion",
+            "base_model": "A",
+            "models": [{"model": "B"}],
+        },
+        "ram": {
+            "merge_method": "ram",
+            "base_model": "A",
+            "models": [{"model": "B"}, {"model": "C"}],
+            "parameters": {"epsilon": 0.4},
+        },
+        "ramplus-tl": {
+            "merge_method": "ramplus_tl",
+            "base_model": "A",
+            "models": [{"model": "B"}, {"model": "C"}],
+            "parameters": {"epsilon": 0.4, "r": 0.5, "alpha": 0.3},
+        },
+    }
+)
+
+
 def _bind(recipe: dict, models: dict[str, Path]) -> dict:
     """Replace the placeholders A, B, C by model folders, N by A's layer count and H by half."""
     text = json.dumps(recipe)
@@ -232,6 +333,14 @@ def test_gpt2_blocks_match_mergekit(case, gpt2_trio, tmp_path):
     """GPT-2's blocks are ``transformer.h.<i>``: gradients and slices must place them as
     mergekit does (they were once merged by name, every block at t of the first anchor)."""
     recipe = _bind(RECIPES[case], dict(zip("ABC", gpt2_trio, strict=True)))
+    if case == "multislerp":
+        with pytest.raises(ValueError, match="weighted sum of the input tensors is zero"):
+            _mergekit(recipe, tmp_path / "mergekit")
+        merge(_recipe_object(recipe), tmp_path / "mergemed")
+        # GPT-2's biases start at zero in all three models: their barycentre is zero.
+        merged = load_model_tensors(tmp_path / "mergemed")
+        assert not merged["transformer.h.0.attn.c_attn.bias"].any()
+        return
     _mergekit(recipe, tmp_path / "mergekit")
     merge(_recipe_object(recipe), tmp_path / "mergemed")
     _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")
@@ -290,3 +399,56 @@ def test_stacked_qwen2_loads(tiny_model_pair, tmp_path):
     stacked = dict(model.named_parameters())
     name = f"model.layers.{layers}.mlp.down_proj.weight"
     assert torch.equal(stacked[name].detach(), source["model.layers.1.mlp.down_proj.weight"])
+
+
+def _restored(source: Path, folder: Path, dtype_of) -> Path:
+    """A copy of ``source`` whose tensors are stored in ``dtype_of(name)``."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.json"))
+    shutil.copy(source / "config.json", folder / "config.json")
+    tensors = {n: t.to(dtype_of(n)).contiguous() for n, t in load_model_tensors(source).items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def _bf16_with_fp32_norms(name: str) -> torch.dtype:
+    return torch.float32 if "norm" in name else torch.bfloat16
+
+
+@pytest.mark.parametrize("other_dtype", ["float32", "mixed"])
+def test_mixed_precision_parents_without_dtype_follow_mergekit(
+    other_dtype, tiny_model_pair, tmp_path
+):
+    """No ``dtype`` key: each tensor takes the promotion of its parents' dtypes, as in mergekit
+    (once every tensor took the first planned tensor's bf16, norms included)."""
+    base, first = tiny_model_pair("llama")
+    base = _restored(base, tmp_path / "base", _bf16_with_fp32_norms)
+    other_rule = _bf16_with_fp32_norms if other_dtype == "mixed" else lambda _: torch.float32
+    first = _restored(first, tmp_path / "first", other_rule)
+    recipe = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(base), "parameters": {"weight": 0.3}},
+            {"model": str(first), "parameters": {"weight": 0.7}},
+        ],
+    }
+    _mergekit(recipe, tmp_path / "mergekit")
+    merge(_recipe_object(recipe), tmp_path / "mergemed")
+    mine, reference = (
+        load_model_tensors(tmp_path / "mergemed"),
+        load_model_tensors(tmp_path / "mergekit"),
+    )
+    assert set(mine) == set(reference)
+    for name, tensor in reference.items():
+        assert mine[name].dtype == tensor.dtype, name
+        tolerance = 1e-6 if tensor.dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(
+            mine[name].float(), tensor.float(), rtol=tolerance, atol=tolerance
+        )
+    dtypes = {t.dtype for t in mine.values()}
+    assert dtypes == (
+        {torch.float32} if other_dtype == "float32" else {torch.float32, torch.bfloat16}
+    )

@@ -149,26 +149,44 @@ def test_tensor_seed_depends_only_on_seed_and_name():
     assert tensor_seed(0, "a") != tensor_seed(0, "b")
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear"])
+SPARSIFIED_EXTRAS = {
+    "ties": {},
+    "dare_ties": {},
+    "dare_linear": {},
+    "breadcrumbs": {"gamma": 0.05},
+    "breadcrumbs_ties": {"gamma": 0.1},
+    "della": {"epsilon": 0.2},
+    "della_linear": {"epsilon": 0.1},
+}
+
+
+@pytest.mark.parametrize("method", sorted(SPARSIFIED_EXTRAS))
 @pytest.mark.parametrize("density", [0.3, 0.7])
-def test_sparsified_methods_match_mergekit_tensor_function(method, density):
-    """Same tensors, same seed: mergekit's own merge function gives the same tensor."""
+@pytest.mark.parametrize("shape", [(48, 40), (40,)])
+def test_sparsified_methods_match_mergekit_tensor_function(method, density, shape):
+    """Same tensors, same seed: mergekit's own merge function gives the same tensor (random
+    masks too: DARE's and DELLA's draws come from a generator seeded like mergekit's)."""
     mergekit_methods = pytest.importorskip("mergekit.merge_methods")
     base_module = pytest.importorskip("mergekit.merge_methods.base")
     generator = torch.Generator().manual_seed(11)
-    base = torch.randn(48, 40, generator=generator)
-    first = base + 0.1 * torch.randn(48, 40, generator=generator)
-    second = base + 0.1 * torch.randn(48, 40, generator=generator)
+    base = torch.randn(*shape, generator=generator)
+    first = base + 0.1 * torch.randn(*shape, generator=generator)
+    second = base + 0.1 * torch.randn(*shape, generator=generator)
     weights = {1: 0.7, 2: 0.5}
+    extras = SPARSIFIED_EXTRAS[method]
     seed = 1234
 
     reference_method = mergekit_methods.get(method)
     group = base_module.TensorGroup.from_tensors([base, first, second], base_index=0)
+    per_model = {"weight": weights, "density": {1: density, 2: density}}
+    per_model.update({name: {1: value, 2: value} for name, value in extras.items()})
     defaults = {p.name: p.default for p in reference_method.spec.parameters if not p.required}
     parameters = {
-        **{k: v for k, v in defaults.items() if k not in ("weight", "density")},
-        "weight": base_module.PerInputValues([(1, weights[1]), (2, weights[2])]),
-        "density": base_module.PerInputValues([(1, density), (2, density)]),
+        **{k: v for k, v in defaults.items() if k not in per_model},
+        **{
+            name: base_module.PerInputValues(list(values.items()))
+            for name, values in per_model.items()
+        },
     }
     torch.manual_seed(seed)
     expected = reference_method.merge_group(group, **parameters)
@@ -178,11 +196,64 @@ def test_sparsified_methods_match_mergekit_tensor_function(method, density):
         [base, first, second],
         0,
         {},
-        [
-            {},
-            {"weight": weights[1], "density": density},
-            {"weight": weights[2], "density": density},
-        ],
+        [{}] + [{name: values[i] for name, values in per_model.items()} for i in (1, 2)],
         generator=torch.Generator().manual_seed(seed),
     )
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+UNSEEDED_CASES = {
+    "nuslerp": ({"nuslerp_flatten": True}, {"weight": [0.3, 0.8]}, None),
+    "nuslerp-rows": (
+        {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        {"weight": [1.0, 2.0]},
+        0,
+    ),
+    "nuslerp-columns": ({"nuslerp_flatten": False}, {"weight": [1.0, 0.0]}, None),
+    "multislerp": ({}, {"weight": [0.2, 0.3, 0.5]}, None),
+    "multislerp-base": ({"normalize_weights": False}, {"weight": [0.5, 0.7]}, 0),
+    "karcher": ({"max_iter": 20}, {}, None),
+    "model_stock": ({}, {}, 0),
+    "model_stock-filters": ({"filter_wise": True}, {}, 0),
+    "sce": ({"select_topk": 0.3}, {}, 0),
+    "nearswap": ({"t": 0.08}, {}, 0),
+    "arcee_fusion": ({}, {}, 0),
+    "ram": ({"epsilon": 0.12}, {}, 0),
+    "ramplus_tl": ({"epsilon": 0.12, "r": 0.4, "alpha": 0.5}, {}, 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSEEDED_CASES))
+@pytest.mark.parametrize("shape", [(24, 20), (30,)])
+def test_methods_match_mergekit_tensor_function(case, shape):
+    """Every other method mergekit 0.1.5 registers, on the same tensors, to 1e-6."""
+    mergekit_methods = pytest.importorskip("mergekit.merge_methods")
+    base_module = pytest.importorskip("mergekit.merge_methods.base")
+    method = case.split("-")[0]
+    parameters, per_model, base_index = UNSEEDED_CASES[case]
+    count = 1 + max([len(v) for v in per_model.values()], default=2)
+    if method in ("nearswap", "arcee_fusion"):
+        count = 2
+    if method in ("nuslerp", "multislerp") and base_index is None:
+        count -= 1
+    generator = torch.Generator().manual_seed(5)
+    origin = torch.randn(*shape, generator=generator)
+    tensors = [origin + 0.1 * torch.randn(*shape, generator=generator) for _ in range(count)]
+    others = [i for i in range(count) if i != base_index]
+
+    reference_method = mergekit_methods.get(method)
+    group = base_module.TensorGroup.from_tensors(tensors, base_index=base_index)
+    defaults = {p.name: p.default for p in reference_method.spec.parameters if not p.required}
+    reference_parameters = {**defaults, **parameters}
+    for name, values in per_model.items():
+        reference_parameters[name] = base_module.PerInputValues(
+            list(zip(others, values, strict=True))
+        )
+    expected = reference_method.merge_group(group, **reference_parameters)
+
+    model_parameters = [{} for _ in tensors]
+    for name, values in per_model.items():
+        for index, value in zip(others, values, strict=True):
+            model_parameters[index][name] = value
+    ours = _run(method, tensors, base_index, parameters, model_parameters)
+    torch.testing.assert_close(ours, expected.to(ours.dtype), rtol=0, atol=1e-6)
