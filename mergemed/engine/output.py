@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import shutil
@@ -10,7 +11,7 @@ from typing import Any
 
 from mergemed.engine.prepare import MergeJob
 from mergemed.errors import MergeError
-from mergemed.io.architecture import set_layer_count
+from mergemed.io.architecture import layer_count_holder, set_layer_count
 from mergemed.io.checkpoint import GENERATION_FILES, TOKENIZER_FILES, Checkpoint
 from mergemed.recipe import Recipe
 from mergemed.vocabulary import tokenizer_settings
@@ -30,14 +31,15 @@ def output_config(job: MergeJob) -> dict[str, Any]:
     the tie setting."""
     checkpoints, plan, alignment = job.checkpoints, job.plan, job.alignment
     base = checkpoints[job.reference_model]
-    config = dict(base.config)
+    config = copy.deepcopy(base.config)
     original_layers = base.num_layers
     set_layer_count(config, plan.num_layers)
     if plan.num_layers != original_layers or plan.layer_origins != list(range(plan.num_layers)):
         # Per-layer settings (layer_types, sliding-window flags...) follow their layers.
-        for key, value in list(config.items()):
+        holder = layer_count_holder(config)
+        for key, value in list(holder.items()):
             if isinstance(value, list) and len(value) == original_layers:
-                config[key] = [value[origin] for origin in plan.layer_origins]
+                holder[key] = [value[origin] for origin in plan.layer_origins]
     dtype_name = str(job.output_dtype).removeprefix("torch.")
     present = [k for k in ("dtype", "torch_dtype") if k in config]
     for key in present or ["torch_dtype"]:

@@ -109,8 +109,19 @@ def count_layers(config: dict[str, Any], tensor_names: Iterable[str]) -> int | N
     return layer_stacks(names)[prefix] if prefix is not None else None
 
 
+def layer_count_holder(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that states the decoder's layer count: the config itself, or its
+    ``text_config`` (LLaVA-style models, whose ``vision_config`` counts other layers)."""
+    if any(isinstance(config.get(key), int) for key in LAYER_COUNT_KEYS):
+        return config
+    text_config = config.get("text_config")
+    return text_config if isinstance(text_config, dict) else config
+
+
 def set_layer_count(config: dict[str, Any], num_layers: int) -> None:
-    """Write ``num_layers`` under every layer-count key the config already has (top level)."""
+    """Write ``num_layers`` under every layer-count key the decoder's part of the config
+    has (top level, else ``text_config``); ``config`` must own that part (copy it first)."""
+    holder = layer_count_holder(config)
     for key in LAYER_COUNT_KEYS:
-        if key in config:
-            config[key] = num_layers
+        if key in holder:
+            holder[key] = num_layers
