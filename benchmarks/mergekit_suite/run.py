@@ -566,17 +566,15 @@ def summary(outcomes: list[Outcome]) -> str:
 
 
 def write_results(outcomes: list[Outcome], path: Path = HERE / "RESULTS.md") -> None:
-    import mergekit
-
-    from mergemed import __version__
+    from importlib.metadata import version
 
     source = yaml.safe_load((HERE / "configurations.yaml").read_text())["source"]
     lines = [
         "# mergekit's configurations through mergekit and mergemed",
         "",
-        f"Configurations: {source}. Oracle: mergekit {mergekit.__version__ if hasattr(mergekit, '__version__') else '0.1.5'}; "
-        f"mergemed {__version__}. Written by `python benchmarks/mergekit_suite/run.py --write` "
-        f"on {time.strftime('%Y-%m-%d')}.",
+        f"Configurations: {source}. Oracle: mergekit {version('mergekit')}; "
+        f"mergemed {version('mergemed')}. Written by "
+        f"`python benchmarks/mergekit_suite/run.py --write` on {time.strftime('%Y-%m-%d')}.",
         "",
         f"**{summary(outcomes)}**",
         "",
