@@ -231,13 +231,27 @@ def build_plan(recipe: Recipe, layouts: dict[str, ModelLayout]) -> MergePlan:
     slices = _normalise(recipe, layouts)
     plan = MergePlan(method=method, models=recipe.model_references())
 
+    for reference in {s.model for output_slice in slices for s in output_slice.sources}:
+        _check_placeable(reference, layouts[reference])
     for index, output_slice in enumerate(slices):
         for source in output_slice.sources:
-            available = layouts[source.model].num_layers
+            layout = layouts[source.model]
+            available = layout.num_layers
             if source.layer_range[1] > available:
+                others = [
+                    f"{prefix} ({count} blocks)"
+                    for prefix, count in layer_stacks(layout.shapes).items()
+                    if prefix != layout.layer_prefix and count >= source.layer_range[1]
+                ]
+                hint = (
+                    f"; layer ranges count the decoder's blocks ({layout.layer_prefix}), not "
+                    f"those of {', '.join(others)}"
+                    if others
+                    else ""
+                )
                 raise MergeError(
                     f"slices[{index}]: layer_range {list(source.layer_range)} of "
-                    f"{source.model!r} is past its {available} layers"
+                    f"{source.model!r} is past its {available} layers{hint}"
                 )
         base = output_slice.base_model
         if method.base_model == "required" and base not in [s.model for s in output_slice.sources]:
@@ -272,6 +286,25 @@ def build_plan(recipe: Recipe, layouts: dict[str, ModelLayout]) -> MergePlan:
         plan.tasks.append(_plan_tensor(recipe, method, last, name, None, position, None, layouts))
     plan.tie_word_embeddings = not any(t.name.endswith("lm_head.weight") for t in plan.tasks)
     return plan
+
+
+def _check_placeable(reference: str, layout: ModelLayout) -> None:
+    """Every decoder block a model stores must be one its config counts: a block past the
+    count has no place in the output, and dropping it would be silent."""
+    if layout.layer_prefix is None:
+        return
+    beyond = [
+        name
+        for name in layout.shapes
+        if (match := layout.decoder_match(name)) and int(match["index"]) >= layout.num_layers
+    ]
+    if beyond:
+        more = f" (and {len(beyond) - 1} more)" if len(beyond) > 1 else ""
+        raise MergeError(
+            f"{reference!r}: tensor {beyond[0]!r}{more} is past the "
+            f"{layout.num_layers} layers its config states, so no layer of the output can hold "
+            "it; fix the config's layer count or remove the extra blocks"
+        )
 
 
 def _reference_model(output_slice: _Slice) -> str:
@@ -473,6 +506,7 @@ def layout_from_checkpoint(checkpoint) -> ModelLayout:
         shapes={name: info.shape for name, info in checkpoint.tensors.items()},
         num_layers=num_layers,
         tie_word_embeddings=checkpoint.tie_word_embeddings,
+        layer_prefix=decoder_prefix(checkpoint.config, checkpoint.tensors),
     )
 
 

@@ -384,6 +384,51 @@ def _build_cases(root: Path, base: Path, other: Path) -> dict[str, Case]:
         kwargs={"max_shard_size": "banana"},
         cli_args=("--max-shard-size", "banana"),
     )
+    # A block the config does not count: no output layer can hold it.
+    where = folder("block_past_the_config")
+
+    def add_block(tensors: dict[str, torch.Tensor]) -> None:
+        count = 1 + max(int(n.split(".")[2]) for n in tensors if n.startswith("model.layers."))
+        for name in [n for n in tensors if n.startswith("model.layers.0.")]:
+            tensors[name.replace("layers.0.", f"layers.{count}.")] = tensors[name].clone()
+
+    extended = rewrite_weights(other, where / "extended", add_block)
+    cases["block_past_the_config"] = Case(
+        slerp_recipe(where / "recipe.yaml", base, extended),
+        MergeError,
+        (str(extended), "model.layers.", "past the", "layers its config states"),
+    )
+    # Per-tensor parameter values a method cannot use, found before any weight is read.
+    where = folder("della_epsilon_too_wide")
+    cases["della_epsilon_too_wide"] = Case(
+        write_recipe(
+            where / "recipe.yaml",
+            f"""
+            merge_method: della
+            base_model: {quoted(base)}
+            models:
+              - model: {quoted(other)}
+                parameters: {{weight: 1.0, density: [0.3, 0.6], epsilon: 0.4}}
+            """,
+        ),
+        MergeError,
+        ("tensor 'model.", "epsilon 0.4 with density", "strictly between 0 and 1"),
+    )
+    where = folder("nuslerp_three_models")
+    cases["nuslerp_three_models"] = Case(
+        write_recipe(
+            where / "recipe.yaml",
+            f"""
+            merge_method: nuslerp
+            models:
+              - {{model: {quoted(base)}, parameters: {{weight: 1}}}}
+              - {{model: {quoted(other)}, parameters: {{weight: 1}}}}
+              - {{model: {quoted(where)}, parameters: {{weight: 1}}}}
+            """,
+        ),
+        RecipeError,
+        ("nuslerp merges exactly 2 models besides the base_model, got 3",),
+    )
     for case in cases.values():
         if case.output_exists:
             for runner in ("library", "cli"):
@@ -423,6 +468,9 @@ CASE_NAMES = (
     "nan_or_inf",
     "output_exists",
     "bad_shard_size",
+    "block_past_the_config",
+    "della_epsilon_too_wide",
+    "nuslerp_three_models",
 )
 LIBRARY_ONLY = {"missing_tensor_in_base", "t_gradient_below_zero", "garbage_header_length"}
 """Cases the command line adds nothing to (another case exercises the same CLI path)."""

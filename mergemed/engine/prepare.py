@@ -345,6 +345,7 @@ def _layouts(
             shapes=shapes,
             num_layers=layout.num_layers,
             tie_word_embeddings=layout.tie_word_embeddings,
+            layer_prefix=layout.layer_prefix,
         )
     return aligned
 

@@ -5,9 +5,10 @@ The table holds, once for every module that needs them:
 * ``layer_count_keys``: the config keys that give the number of decoder layers;
 * ``config_aliases``: config keys that mean the same thing in different families (GPT-2's
   ``n_embd`` is Llama's ``hidden_size``); the layer count's aliases are ``layer_count_keys``;
-* ``families``: per model family (``model_types``, ``*`` for any), the regular expressions
-  that find the decoder-layer stacks in tensor names, with groups ``prefix``, ``index`` and
-  ``suffix``. Only the ``default`` family exists for now: ``<prefix>.layers.<i>.<rest>``.
+* ``families``: per model family (its ``model_types``), the prefixes its decoder's block list
+  is stored under (``decoder``, tried in order: a family may be saved under several naming
+  schemes) and its other block lists (``other_stacks``: a vision tower's). The ``default``
+  family (``*``) holds the regular expression of the common ``<prefix>.layers.<i>.<rest>``.
 
 Block lists are also found without a table (:func:`layer_stacks`): every ``<prefix>.<i>.<rest>``
 name belongs to the stack ``<prefix>.`` (GPT-2's ``transformer.h.``, GPT-NeoX's
@@ -39,6 +40,14 @@ CONFIG_ALIASES["num_hidden_layers"] = LAYER_COUNT_KEYS
 
 _DEFAULT_FAMILY = next(f for f in _TABLE["families"] if f["name"] == "default")
 
+FAMILIES: dict[str, dict[str, Any]] = {
+    model_type: family
+    for family in _TABLE["families"]
+    for model_type in family["model_types"]
+    if model_type != "*"
+}
+"""``model_type`` -> its family's entry of the table."""
+
 LAYER_PATTERN = re.compile(_DEFAULT_FAMILY["layer_stacks"][0])
 """Tensor names of the form ``model.layers.<i>.<rest>``: decoder blocks."""
 
@@ -60,13 +69,22 @@ def layer_stacks(tensor_names: Iterable[str]) -> dict[str, int]:
 
 
 def decoder_prefix(config: dict[str, Any], tensor_names: Iterable[str]) -> str | None:
-    """The prefix of the decoder's block list (``model.layers.``, ``transformer.h.``...): the
-    stack whose length the config states, preferring a language model's over others of that
-    length, else the stack with the most tensors; None when the names hold no block list."""
+    """The prefix of the decoder's block list (``model.layers.``, ``transformer.h.``...).
+
+    The family table's prefixes for the config's ``model_type`` come first (the first one the
+    names use). A family without a table, or stored under names its table does not list, falls
+    back to the names: the stack whose length the config states, preferring a language model's
+    over others of that length, else the stack with the most tensors. None when the names hold
+    no block list.
+    """
     names = list(tensor_names)
     stacks = layer_stacks(names)
     if not stacks:
         return None
+    family = FAMILIES.get(str(config.get("model_type")))
+    for prefix in (family or {}).get("decoder", []):
+        if prefix in stacks:
+            return prefix
     stated = config_num_layers(config)
     candidates = [p for p, count in stacks.items() if count == stated] or list(stacks)
     sizes = {p: sum(1 for n in names if n.startswith(p)) for p in candidates}

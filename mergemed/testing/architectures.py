@@ -20,7 +20,7 @@ class Architecture:
     """The shape of one model family member, enough to build its ``transformers`` config.
 
     Attributes:
-        model_type: ``"llama"``, ``"qwen2"`` or ``"mistral"``.
+        model_type: ``"llama"``, ``"qwen2"``, ``"mistral"`` or ``"gemma"``.
         hidden_size: width of the residual stream.
         num_hidden_layers: number of decoder blocks.
         intermediate_size: width of the MLP.
@@ -99,6 +99,15 @@ ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType(
             num_attention_heads=4,
             num_key_value_heads=2,
             extra_config=MappingProxyType({"sliding_window": 128}),
+        ),
+        "gemma": Architecture(
+            model_type="gemma",  # tied embeddings, (1 + w) RMS norms, GeLU MLP
+            hidden_size=32,
+            num_hidden_layers=3,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
         ),
         # Full-size shapes, streamed to disk.
         "tinyllama-1.1b": Architecture(
@@ -193,7 +202,7 @@ def build_config(
         raise ValueError(f"num_layers must be at least 1, got {layers}")
     dtype_name = dtype or architecture.default_dtype
     dtype_from_name(dtype_name)
-    class_names = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}
+    class_names = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral", "gemma": "Gemma"}
     settings: dict[str, Any] = {
         "architectures": [f"{class_names[architecture.model_type]}ForCausalLM"],
         "vocab_size": vocab,

@@ -2,7 +2,8 @@
 
 mergekit runs in-process through its own ``run_merge``; mergemed through ``mergemed.merge``.
 Every method and schedule form (scalar, gradient, filter rules, per-model values, slices) is
-checked on tiny Llama-, Qwen2- and Mistral-shaped models.
+checked on tiny Llama-, Qwen2-, Mistral-, Gemma- and GPT-2-shaped models, and LLaVA-shaped
+ones (a vision tower's block list beside the language model's).
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def _assert_same(ours: Path, theirs: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("preset", ["llama", "qwen2", "mistral", "gemma"])
 @pytest.mark.parametrize("case", sorted(RECIPES))
 def test_matches_mergekit(case, preset, tiny_model_trio, tmp_path):
     if case == "passthrough-stack" and preset == "qwen2":
@@ -300,9 +301,24 @@ def test_matches_mergekit(case, preset, tiny_model_trio, tmp_path):
         )
     base, first, second = tiny_model_trio(preset)
     recipe = _bind(RECIPES[case], {"A": base, "B": first, "C": second})
+    if case == "multislerp" and preset == "gemma":
+        _zero_tensors_refused_by_mergekit(recipe, tmp_path, "model.layers.0.input_layernorm.weight")
+        return
     _mergekit(recipe, tmp_path / "mergekit")
     merge(_recipe_object(recipe), tmp_path / "mergemed")
     _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")
+
+
+def _zero_tensors_refused_by_mergekit(recipe: dict, tmp_path: Path, zero_tensor: str) -> None:
+    """Multi-SLERP of tensors that are zero in every model (GPT-2's biases, Gemma's norms
+    before training): mergekit 0.1.5 stops with an error, mergemed gives their barycentre,
+    zero, and merges everything else."""
+    with pytest.raises(ValueError, match="weighted sum of the input tensors is zero"):
+        _mergekit(recipe, tmp_path / "mergekit")
+    merge(_recipe_object(recipe), tmp_path / "mergemed")
+    merged = load_model_tensors(tmp_path / "mergemed")
+    assert not merged[zero_tensor].any()
+    assert all(t.isfinite().all() for t in merged.values())
 
 
 @pytest.fixture(scope="module")
@@ -334,12 +350,7 @@ def test_gpt2_blocks_match_mergekit(case, gpt2_trio, tmp_path):
     mergekit does (they were once merged by name, every block at t of the first anchor)."""
     recipe = _bind(RECIPES[case], dict(zip("ABC", gpt2_trio, strict=True)))
     if case == "multislerp":
-        with pytest.raises(ValueError, match="weighted sum of the input tensors is zero"):
-            _mergekit(recipe, tmp_path / "mergekit")
-        merge(_recipe_object(recipe), tmp_path / "mergemed")
-        # GPT-2's biases start at zero in all three models: their barycentre is zero.
-        merged = load_model_tensors(tmp_path / "mergemed")
-        assert not merged["transformer.h.0.attn.c_attn.bias"].any()
+        _zero_tensors_refused_by_mergekit(recipe, tmp_path, "transformer.h.0.attn.c_attn.bias")
         return
     _mergekit(recipe, tmp_path / "mergekit")
     merge(_recipe_object(recipe), tmp_path / "mergemed")
@@ -452,3 +463,202 @@ def test_mixed_precision_parents_without_dtype_follow_mergekit(
     assert dtypes == (
         {torch.float32} if other_dtype == "float32" else {torch.float32, torch.bfloat16}
     )
+
+
+LLAVA_RENAMES = (
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.model.", "model.language_model."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+
+
+def _llava(folder: Path, *, stored_names: str) -> Path:
+    """A tiny LLaVA (2 language layers, 3 CLIP vision layers: two block lists that both end
+    in ``self_attn.q_proj.weight``), stored under transformers' current names (``"model"``:
+    ``model.language_model.*``) or the older ones it saves and converts on load
+    (``"legacy"``: ``language_model.model.*``)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration as Llava
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(
+        image_size=32,
+        patch_size=4,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        hidden_size=64,
+        intermediate_size=128,
+    )
+    text = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+    )
+    Llava(LlavaConfig(vision_config=vision, text_config=text, image_seq_length=16)).save_pretrained(
+        folder
+    )
+    if stored_names == "model":
+        tensors = load_model_tensors(folder)
+        renamed = {}
+        for name, tensor in tensors.items():
+            for old, new in LLAVA_RENAMES:
+                if name.startswith(old):
+                    name = new + name[len(old) :]
+                    break
+            renamed[name] = tensor.contiguous()
+        save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llava_trio(tmp_path_factory):
+    """Per naming scheme: a tiny LLaVA base and two 0.5 perturbations of it."""
+    from mergemed.testing import make_random_model
+
+    made = {}
+
+    def trio(stored_names: str) -> tuple[Path, Path, Path]:
+        if stored_names not in made:
+            folder = tmp_path_factory.mktemp(f"llava-{stored_names}")
+            base = _llava(folder / "base", stored_names=stored_names)
+            others = [
+                make_random_model(folder / f"o{s}", base_dir=base, seed=s, perturbation=0.5)
+                for s in (1, 2)
+            ]
+            made[stored_names] = (base, *others)
+        return made[stored_names]
+
+    return trio
+
+
+def _loads_cleanly(folder: Path) -> dict:
+    from transformers import LlavaForConditionalGeneration as Llava
+
+    model, info = Llava.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model.config.to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(c for c in RECIPES if "slices" not in RECIPES[c]))
+def test_llava_matches_mergekit(case, llava_trio, tmp_path):
+    """Every method on a model with two block lists whose tensor names end alike: each list
+    is indexed on its own (gradients run over each list's blocks) and nothing is dropped."""
+    recipe = _bind(RECIPES[case], dict(zip("ABC", llava_trio("model"), strict=True)))
+    recipe = json.loads(json.dumps(recipe).replace('"H"', "1"))
+    if case == "multislerp":
+        _zero_tensors_refused_by_mergekit(
+            recipe,
+            tmp_path,
+            "model.multi_modal_projector.linear_1.bias",
+        )
+        return
+    _mergekit(recipe, tmp_path / "mergekit")
+    merge(_recipe_object(recipe), tmp_path / "mergemed")
+    _assert_same(tmp_path / "mergemed", tmp_path / "mergekit")
+    _loads_cleanly(tmp_path / "mergemed")
+
+
+def test_llava_stored_under_older_names_is_merged_whole(llava_trio, tmp_path):
+    """transformers saves LLaVA as ``language_model.model.*``; mergekit 0.1.5 merges only the
+    vision tower and projector of such a checkpoint (its output loads with the language model
+    missing). mergemed merges all of it, and the tensors mergekit does write agree."""
+    base, first, _ = llava_trio("legacy")
+    recipe = _bind(RECIPES["slerp-gradient-filters"], {"A": base, "B": first})
+    _mergekit(recipe, tmp_path / "mergekit")
+    merge(_recipe_object(recipe), tmp_path / "mergemed")
+    ours, theirs = (
+        load_model_tensors(tmp_path / "mergemed"),
+        load_model_tensors(tmp_path / "mergekit"),
+    )
+    assert set(ours) == set(load_model_tensors(base))
+    assert not any("language_model" in name for name in theirs)
+    for name, tensor in theirs.items():
+        legacy = name.removeprefix("model.")
+        torch.testing.assert_close(ours[legacy], tensor, rtol=0, atol=TOLERANCE)
+    _loads_cleanly(tmp_path / "mergemed")
+
+
+@pytest.mark.parametrize("stored_names", ["model", "legacy"])
+def test_llava_slices_stack_the_language_model(stored_names, llava_trio, tmp_path):
+    """``slices`` count the language model's blocks (mergekit refuses slices on a model with
+    several modules); the vision tower is kept whole, and the config says the new count."""
+    base, first, _ = llava_trio(stored_names)
+    recipe = _bind(RECIPES["passthrough-stack"], {"A": base, "B": first})
+    with pytest.raises(RuntimeError, match="multiple modules"):
+        _mergekit(recipe, tmp_path / "mergekit")
+    merge(_recipe_object(recipe), tmp_path / "mergemed")
+    config = _loads_cleanly(tmp_path / "mergemed")
+    assert config["text_config"]["num_hidden_layers"] == 3
+    assert config["vision_config"]["num_hidden_layers"] == 3
+
+
+def test_llava_layer_range_that_fits_only_the_vision_tower_is_refused(llava_trio, tmp_path):
+    """A layer range past the language model's 2 blocks but within the vision tower's 3 is a
+    one-line error naming both lists, and nothing is written."""
+    from mergemed.errors import MergeError
+
+    base, _, _ = llava_trio("model")
+    recipe = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": str(base), "layer_range": [0, 3]}]}],
+        "dtype": "float32",
+    }
+    with pytest.raises(MergeError, match=r"past its 2 layers; layer ranges count the decoder"):
+        merge(_recipe_object(recipe), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _load_report(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-tied", "qwen2", "mistral", "gemma", "gpt2"])
+def test_every_family_loads_whole_and_stacks_to_the_stated_count(
+    family, tiny_model_pair, gpt2_trio, tmp_path
+):
+    """The merged output loads in transformers with no missing or unexpected key, and
+    ``slices`` that stack layers give a model with the layer count its config states."""
+    from mergemed.io.architecture import config_num_layers
+
+    base, first = gpt2_trio[:2] if family == "gpt2" else tiny_model_pair(family)
+    layers = config_num_layers(json.loads((base / "config.json").read_text()))
+    for case in ("linear-weights", "passthrough-stack"):
+        recipe = _bind(RECIPES[case], {"A": base, "B": first})
+        merge(_recipe_object(recipe), tmp_path / case)
+        model = _load_report(tmp_path / case)
+        expected = 2 * layers - 1 if case == "passthrough-stack" else layers
+        assert config_num_layers(model.config.to_dict()) == expected
+        stored = {n for n in load_model_tensors(tmp_path / case) if ".0." in n or ".h.0." in n}
+        assert stored, "the first block is written"
+
+
+@pytest.mark.parametrize("stored_names", ["model", "legacy"])
+def test_llava_output_missing_a_language_tensor_is_refused(stored_names, llava_trio):
+    """The completeness check judges LLaVA too: its stored names are compared after the
+    renaming transformers applies on load, so a dropped language-model tensor is an error."""
+    from mergemed.engine import prepare_merge
+    from mergemed.engine.completeness import check_output_complete
+    from mergemed.engine.output import output_config
+    from mergemed.errors import MergeError
+
+    base, first, _ = llava_trio(stored_names)
+    recipe = _recipe_object(_bind(RECIPES["linear-weights"], {"A": base, "B": first}))
+    with prepare_merge(recipe) as job:
+        config = output_config(job)
+        check_output_complete(job, config)
+        job.plan.tasks = [
+            t
+            for t in job.plan.tasks
+            if not ("language_model" in t.name and "layers.1.self_attn.q_proj" in t.name)
+        ]
+        with pytest.raises(MergeError, match=r"lack 1 tensors .*language_model.layers.1"):
+            check_output_complete(job, config)

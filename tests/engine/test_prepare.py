@@ -249,3 +249,17 @@ def test_an_output_missing_tensors_its_config_needs_is_refused(tiny_model_pair) 
             MergeError, match=r"lack 1 tensors .*'model.layers.1.mlp.up_proj.weight'"
         ):
             check_output_complete(job, config)
+
+
+def test_an_output_holding_tensors_its_config_does_not_count_is_refused(tiny_model_pair) -> None:
+    """A plan writing more blocks than the output config counts (a layer count written to the
+    wrong key) would have transformers drop them on load: refused before any weight is read."""
+    from mergemed.engine.completeness import check_output_complete
+    from mergemed.engine.output import output_config
+
+    base, other = tiny_model_pair("llama")
+    with prepare_merge(linear(base, other, 0.5)) as job:
+        config = output_config(job)
+        config["num_hidden_layers"] -= 1
+        with pytest.raises(MergeError, match=r"would hold 9 tensors its config does not describe"):
+            check_output_complete(job, config)

@@ -19,7 +19,11 @@ def test_the_table_ships_with_the_package() -> None:
     table = json.loads(
         resources.files("mergemed.io").joinpath("_data/architectures.json").read_text()
     )
-    assert [f["name"] for f in table["families"]] == ["default"]
+    names = [f["name"] for f in table["families"]]
+    assert names[-1] == "default" and {"llama-style", "gpt2-style", "llava-style"} <= set(names)
+    for family in table["families"][:-1]:
+        assert family["model_types"] and family["decoder"], family["name"]
+        assert all(prefix.endswith(".") for prefix in family["decoder"]), family["name"]
     assert CONFIG_ALIASES["num_hidden_layers"] == LAYER_COUNT_KEYS
     assert CONFIG_ALIASES["hidden_size"] == ("hidden_size", "n_embd", "d_model")
 
@@ -89,3 +93,27 @@ def test_the_decoder_is_the_stack_the_config_counts() -> None:
         n.replace("layers.2", "layers.1").replace("layers.3", "layers.0") for n in vision
     ]
     assert decoder_prefix(config, same_length + text) == "language_model.model.layers."
+
+
+def test_the_family_table_names_the_decoder_before_any_guess() -> None:
+    """The table knows each family's decoder prefix under every naming scheme it is stored
+    in, so a vision tower as long as the language model (or longer, with a config that does
+    not state the count) is never taken for the decoder; unknown families fall back."""
+    from mergemed.io.architecture import decoder_prefix
+
+    for language in ("language_model.model.layers.", "model.language_model.layers."):
+        text = [f"{language}{i}.mlp.up_proj.weight" for i in range(2)]
+        tower = (
+            "vision_tower.vision_model.encoder.layers."
+            if language[0] == "l"
+            else ("model.vision_tower.vision_model.encoder.layers.")
+        )
+        vision = [f"{tower}{i}.mlp.fc1.weight" for i in range(6)]
+        assert decoder_prefix({"model_type": "llava"}, vision + text) == language
+    gpt2 = [f"transformer.h.{i}.mlp.c_fc.weight" for i in range(3)]
+    extra = [f"transformer.adapters.{i}.weight" for i in range(3)]
+    assert decoder_prefix({"model_type": "gpt2", "n_layer": 3}, extra + gpt2) == "transformer.h."
+    mystery = [f"backbone.blocks.{i}.mixer.weight" for i in range(4)]
+    assert decoder_prefix({"model_type": "mystery", "num_layers": 4}, mystery) == (
+        "backbone.blocks."
+    )
