@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mergemed.errors import MergeError
-from mergemed.methods import get_method
+from mergemed.methods import available_methods, get_method
 from mergemed.recipe import load_recipe
 from mergemed.schedule import (
     build_plan,
@@ -102,3 +102,42 @@ def test_different_layer_counts_are_refused():
     )
     with pytest.raises(MergeError, match="different numbers of layers"):
         build_plan(recipe, {"a": generic_layout("a", 2), "b": generic_layout("b", 3)})
+
+
+def _minimal_recipe(name: str) -> dict:
+    """A recipe any method accepts: three models, a base unless the method ignores it, every
+    required parameter as a gradient so the plan shows it move."""
+    method = get_method(name)
+    count = max(method.min_others, 1)
+    if method.max_others is not None:
+        count = min(count, method.max_others)
+    base = method.base_model != "ignored" or name == "passthrough"
+    names = [f"org/m{i}" for i in range(count)]
+    if method.max_models is not None and base:
+        names = names[: method.max_models - 1] if name != "passthrough" else names[:1]
+    per_model = {p.name: [0.2, 0.8] for p in method.parameters if p.scope == "model" and p.required}
+    recipe = {
+        "merge_method": name,
+        "models": [{"model": m, "parameters": dict(per_model)} for m in names],
+        "parameters": {
+            p.name: [0.1, 0.3] for p in method.parameters if p.scope == "global" and p.required
+        },
+    }
+    if base and name != "passthrough":
+        recipe["base_model"] = "org/base"
+    return recipe
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_plans_its_schedule(name: str) -> None:
+    """``mergemed plan`` resolves every registered method's parameters per layer."""
+    from mergemed.plan import plan_recipe
+
+    table = plan_recipe(load_recipe(_minimal_recipe(name)), num_layers=3)
+    assert table.plan.num_layers == 3
+    method = get_method(name)
+    for parameter in method.parameters:
+        if parameter.required:
+            column = next(c for c in table.columns if c.split("[")[0] == parameter.name)
+            values = [row[column] for row in table.rows if row["layer"] is not None]
+            assert values[0] != values[-1], (name, column, values)
