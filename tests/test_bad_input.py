@@ -398,6 +398,27 @@ def _build_cases(root: Path, base: Path, other: Path) -> dict[str, Case]:
         MergeError,
         (str(extended), "model.layers.", "past the", "layers its config states"),
     )
+    # A parent missing a whole block its config counts: the output would inherit random values.
+    where = folder("parent_missing_a_block")
+
+    def drop_last_block(tensors: dict[str, torch.Tensor]) -> None:
+        last = max(int(n.split(".")[2]) for n in tensors if n.startswith("model.layers."))
+        for name in [n for n in tensors if n.startswith(f"model.layers.{last}.")]:
+            del tensors[name]
+
+    truncated = rewrite_weights(other, where / "truncated", drop_last_block)
+    cases["parent_missing_a_block"] = Case(
+        write_recipe(
+            where / "recipe.yaml",
+            f"""
+            merge_method: passthrough
+            models:
+              - model: {quoted(truncated)}
+            """,
+        ),
+        MergeError,
+        (str(truncated), "lacks 9 tensors its own config needs", "model.layers.1."),
+    )
     # Per-tensor parameter values a method cannot use, found before any weight is read.
     where = folder("della_epsilon_too_wide")
     cases["della_epsilon_too_wide"] = Case(
@@ -469,6 +490,7 @@ CASE_NAMES = (
     "output_exists",
     "bad_shard_size",
     "block_past_the_config",
+    "parent_missing_a_block",
     "della_epsilon_too_wide",
     "nuslerp_three_models",
 )

@@ -376,6 +376,7 @@ class Outcome:
     verdict: str
     detail: str = ""
     float32_difference: float | None = None
+    method: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -534,6 +535,8 @@ def run_suite(only: str | None = None, echo=print) -> list[Outcome]:
             work = Path(scratch) / f"run-{index}"
             work.mkdir()
             outcome = evaluate(entry, models, work, layer_counts)
+            documents = [d for d in entry.documents if isinstance(d, dict)]
+            outcome.method = documents[-1].get("merge_method") if documents else None
             outcome.detail = outcome.detail.replace(f"{models}/", "")
             outcomes.append(outcome)
             shown = (
@@ -565,6 +568,21 @@ def summary(outcomes: list[Outcome]) -> str:
     return f"{len(outcomes)} configurations from mergekit's repository: " + ", ".join(parts)
 
 
+def _per_method(outcomes: list[Outcome]) -> list[str]:
+    ran: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        if outcome.verdict.startswith("match") and outcome.method:
+            ran.setdefault(outcome.method, []).append(outcome)
+    rows = []
+    for method, group in sorted(ran.items()):
+        if method in STOCHASTIC:
+            largest = "random masks (structure)"
+        else:
+            largest = f"{max(o.float32_difference or 0.0 for o in group):.2g}"
+        rows.append(f"| {method} | {len(group)} | {largest} |")
+    return rows
+
+
 def write_results(outcomes: list[Outcome], path: Path = HERE / "RESULTS.md") -> None:
     from importlib.metadata import version
 
@@ -577,6 +595,14 @@ def write_results(outcomes: list[Outcome], path: Path = HERE / "RESULTS.md") -> 
         f"`python benchmarks/mergekit_suite/run.py --write` on {time.strftime('%Y-%m-%d')}.",
         "",
         f"**{summary(outcomes)}**",
+        "",
+        "Per method, over the configurations both tools ran (largest float32 difference of any",
+        "tensor; methods with random masks are compared by structure here and by their tensor",
+        "function with the same generator in `tests/methods/test_methods.py`):",
+        "",
+        "| method | configurations run by both | largest fp32 difference |",
+        "|---|---|---|",
+        *_per_method(outcomes),
         "",
         "| verdict | configuration | max fp32 difference | detail |",
         "|---|---|---|---|",

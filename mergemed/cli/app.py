@@ -17,6 +17,7 @@ import traceback
 import typer
 
 from mergemed.cli import (
+    card,
     demo,
     evaluate,
     grid,
@@ -24,6 +25,7 @@ from mergemed.cli import (
     merge,
     methods,
     plan,
+    publish,
     train,
     validate,
 )
@@ -55,6 +57,8 @@ app.command("inspect")(inspect_models.inspect_models)
 app.command()(validate.validate)
 app.command()(methods.methods)
 app.command()(demo.demo)
+app.command()(card.card)
+app.command()(publish.publish)
 
 
 def one_line(text: str) -> str:

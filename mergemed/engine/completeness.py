@@ -11,7 +11,8 @@ applies to checkpoints on load (LLaVA's ``language_model.model.*`` is
 
 The check judges only what it can: configs transformers can build, and only when the reference
 parent's own checkpoint passes it (a family whose stored names transformers converts in ways
-other than renaming says nothing by its names).
+other than renaming says nothing by its names). A parent that lacks tensors its own config
+needs, and stores nothing the config does not describe, is incomplete: that is an error too.
 """
 
 from __future__ import annotations
@@ -108,7 +109,14 @@ def check_output_complete(job: MergeJob, config: dict[str, Any]) -> None:
     if own is None:
         return
     own_tied = bool(reference.tie_word_embeddings)
-    if any(_differences(own[0], reference.tensors, own[1], own_tied)):
+    parent_missing, parent_unexpected = _differences(own[0], reference.tensors, own[1], own_tied)
+    if parent_missing and not parent_unexpected:
+        raise MergeError(
+            f"{str(reference.folder)!r} lacks {len(parent_missing)} tensors its own config needs "
+            f"(first: {parent_missing[0]!r}): transformers would load it with random values "
+            "there, and a merge would inherit them; is the checkpoint complete?"
+        )
+    if parent_missing or parent_unexpected:
         return  # the parent's own names do not follow transformers': nothing to judge by
     expected, renaming = built
     tied = bool(config.get("tie_word_embeddings", job.plan.tie_word_embeddings))
