@@ -30,8 +30,9 @@ LAYERS: dict[str, int] = {
     "train": 5,
     "validation": 6,
     "search": 6,
-    "demo": 6,
-    "cli": 7,
+    "publish": 6,
+    "demo": 7,
+    "cli": 8,
 }
 """Top-level module or package -> layer. Lower layers never import higher ones."""
 

@@ -30,7 +30,7 @@ Renaming = tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
 
 
 @functools.lru_cache(maxsize=16)
-def _expected_names(config_json: str) -> tuple[frozenset[str], Renaming] | None:
+def expected_names(config_json: str) -> tuple[frozenset[str], Renaming] | None:
     """Parameter and persistent buffer names of the model a config describes, and the renaming
     rules transformers applies to stored names when loading it; None when transformers cannot
     build the model from the config."""
@@ -58,10 +58,11 @@ def _expected_names(config_json: str) -> tuple[frozenset[str], Renaming] | None:
                     model = AutoModelForCausalLM.from_config(settings)
     except Exception:  # an unknown model_type, remote code, a config transformers rejects
         return None
-    return frozenset(model.state_dict()), _renaming(model)
+    return frozenset(model.state_dict()), load_renaming(model)
 
 
-def _renaming(model) -> Renaming:
+def load_renaming(model) -> Renaming:
+    """The renaming rules transformers applies to ``model``'s stored names when loading."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
 
@@ -86,9 +87,12 @@ def _renamed(name: str, renaming: Renaming) -> str:
     return name
 
 
-def _differences(
+def name_differences(
     expected: frozenset[str], names: Iterable[str], renaming: Renaming, tied: bool
 ) -> tuple[list[str], list[str]]:
+    """``(missing, unexpected)``: the names a model expects and ``names`` (stored names,
+    renamed as on load) lack, and those ``names`` hold beyond it; a tied ``lm_head`` is never
+    missing."""
     present = {_renamed(n, renaming) for n in names}
     missing = sorted(n for n in expected - present if not (tied and n.endswith("lm_head.weight")))
     return missing, sorted(present - expected)
@@ -101,15 +105,17 @@ def check_output_complete(job: MergeJob, config: dict[str, Any]) -> None:
     Raises:
         MergeError: naming how many differ and the first, with what to look at.
     """
-    built = _expected_names(json.dumps(config, sort_keys=True, default=str))
+    built = expected_names(json.dumps(config, sort_keys=True, default=str))
     if built is None:
         return
     reference = job.checkpoints[job.reference_model]
-    own = _expected_names(json.dumps(reference.config, sort_keys=True, default=str))
+    own = expected_names(json.dumps(reference.config, sort_keys=True, default=str))
     if own is None:
         return
     own_tied = bool(reference.tie_word_embeddings)
-    parent_missing, parent_unexpected = _differences(own[0], reference.tensors, own[1], own_tied)
+    parent_missing, parent_unexpected = name_differences(
+        own[0], reference.tensors, own[1], own_tied
+    )
     if parent_missing and not parent_unexpected:
         raise MergeError(
             f"{str(reference.folder)!r} lacks {len(parent_missing)} tensors its own config needs "
@@ -120,7 +126,9 @@ def check_output_complete(job: MergeJob, config: dict[str, Any]) -> None:
         return  # the parent's own names do not follow transformers': nothing to judge by
     expected, renaming = built
     tied = bool(config.get("tie_word_embeddings", job.plan.tie_word_embeddings))
-    missing, unexpected = _differences(expected, (t.name for t in job.plan.tasks), renaming, tied)
+    missing, unexpected = name_differences(
+        expected, (t.name for t in job.plan.tasks), renaming, tied
+    )
     if missing:
         raise MergeError(
             f"the output would lack {len(missing)} tensors its config needs "

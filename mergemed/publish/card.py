@@ -185,7 +185,6 @@ def eval_results(evaluation: dict[str, Any], model_name: str):
                 metric_type=metric,
                 metric_name=metric,
                 metric_value=row.scores[merged][0],
-                source_name="mergemed evaluate (lm-eval)",
             )
         )
     return results

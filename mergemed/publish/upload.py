@@ -98,7 +98,7 @@ def check_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> 
 
 def _check_loads(folder: Path) -> None:
     """transformers finds every tensor it needs and no other, from the headers alone."""
-    from mergemed.engine.completeness import _differences, _expected_names
+    from mergemed.engine.completeness import expected_names, name_differences
     from mergemed.io.checkpoint import Checkpoint
 
     config_path = folder / "config.json"
@@ -106,7 +106,7 @@ def _check_loads(folder: Path) -> None:
         raise MergemedError(f"{folder}: no config.json")
     checkpoint = Checkpoint(folder)
     try:
-        built = _expected_names(json.dumps(checkpoint.config, sort_keys=True, default=str))
+        built = expected_names(json.dumps(checkpoint.config, sort_keys=True, default=str))
         if built is None:
             raise MergemedError(
                 f"{folder}: transformers cannot build a model from its config.json "
@@ -114,7 +114,7 @@ def _check_loads(folder: Path) -> None:
             )
         expected, renaming = built
         tied = bool(checkpoint.tie_word_embeddings)
-        missing, unexpected = _differences(expected, checkpoint.tensors, renaming, tied)
+        missing, unexpected = name_differences(expected, checkpoint.tensors, renaming, tied)
     finally:
         checkpoint.close()
     if missing:
