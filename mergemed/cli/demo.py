@@ -1,4 +1,4 @@
-"""``mergemed demo``: the whole pipeline on tiny models built locally, offline."""
+"""``mergemed demo``: the whole workflow on tiny models built locally, offline."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from mergemed.cli.render import console, stdout
 
 
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo builds its models.")] = Path(
-        "mergemed-demo"
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
+        "demo_out"
     ),
 ) -> None:
-    """Build two tiny parents locally, plan and merge them, and generate from the result."""
+    """Train two tiny parents (CPT, SFT), search SLERP schedules between them, evaluate the
+    best against both and write its model card: the whole workflow in a few minutes."""
     from mergemed.demo import run_demo
 
-    report = run_demo(workdir, console=console)
-    stdout.print(report)
+    result = run_demo(workdir, console=console)
+    stdout.print(result.summary(), markup=False, highlight=False)
