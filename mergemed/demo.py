@@ -70,14 +70,11 @@ class DemoResult:
             if gain is not None and forgetting is not None
             else f"best schedule: trial {self.best.get('trial')}"
         )
-        return "\n".join(
-            ["stages:", *lines, chosen, "outputs:", *where]
-            + [
-                "These models are tiny and trained for seconds: they score near chance. The demo "
-                "shows the workflow (train -> merge -> search -> evaluate -> card), not medical "
-                "skill."
-            ]
+        caveat = (
+            "These models are tiny and trained for seconds: they score near chance. The demo "
+            "shows the workflow (train -> merge -> search -> evaluate -> card), not medical skill."
         )
+        return "\n".join(["stages:", *lines, chosen, "outputs:", *where, caveat])
 
 
 def _cpt_config(base: Path, output: Path, steps: int) -> dict[str, Any]:
