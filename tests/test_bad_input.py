@@ -673,23 +673,24 @@ def test_disk_full_while_writing_weights_leaves_nothing(
 
 
 def narrow_model(source: Path, destination: Path, seed: int) -> Path:
-    """A one-layer model with hidden size 4: every weight file is far smaller than the
+    """A complete one-layer model with hidden size 4: every weight file is far smaller than the
     tokenizer it carries (copied, with the config, from ``source``)."""
-    destination.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((source / "config.json").read_text())
+    config.update(
+        num_hidden_layers=1,
+        hidden_size=4,
+        intermediate_size=4,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=4,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    model.save_pretrained(destination)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(source / name, destination / name)
-    config = json.loads((destination / "config.json").read_text())
-    config.update(num_hidden_layers=1, hidden_size=4, intermediate_size=4)
-    (destination / "config.json").write_text(json.dumps(config))
-    generator = torch.Generator().manual_seed(seed)
-    vocabulary = config["vocab_size"]
-    tensors = {
-        "model.embed_tokens.weight": torch.randn(vocabulary, 4, generator=generator),
-        "model.layers.0.mlp.up_proj.weight": torch.randn(4, 4, generator=generator),
-        "model.norm.weight": torch.ones(4),
-        "lm_head.weight": torch.randn(vocabulary, 4, generator=generator),
-    }
-    save_file(tensors, destination / "model.safetensors", metadata={"format": "pt"})
     return destination
 
 

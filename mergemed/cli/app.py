@@ -95,4 +95,9 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
     if status == INTERRUPTED:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
+        # Leave at once: a library's exit hook interrupted mid-way (a progress thread, a
+        # tokenizer pool) can turn a clean 130 into death by SIGINT during shutdown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
     sys.exit(status if isinstance(status, int) else 0)
