@@ -41,9 +41,10 @@ def run_cli(
     command: tuple[str, ...] | None = None,
     preexec_fn: Callable[[], None] | None = None,
     timeout: float = 600,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``mergemed ARGS`` (``python -m mergemed`` unless ``command`` is given) as a real
-    subprocess and capture its output."""
+    subprocess (in ``cwd``) and capture its output."""
     return subprocess.run(
         [*(command or (sys.executable, "-m", "mergemed")), *(str(a) for a in args)],
         capture_output=True,
@@ -52,6 +53,7 @@ def run_cli(
         preexec_fn=preexec_fn,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 

@@ -48,6 +48,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from mergemed import __version__
+
+        typer.echo(f"mergemed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Adapt open LLMs to medicine by weight-space merging."""
+
+
 app.command()(merge.merge)
 app.command()(evaluate.evaluate)
 app.add_typer(train.train_app, name="train")

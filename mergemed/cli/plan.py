@@ -15,7 +15,10 @@ from mergemed.cli.render import console, plan_table, stdout
 def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     png: Annotated[
-        Path | None, typer.Option(help="Where to write the plot (default: <recipe>.plan.png).")
+        Path | None,
+        typer.Option(
+            help="Where to write the plot (default: <recipe name>.plan.png in the current folder)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     num_layers: Annotated[
@@ -33,5 +36,5 @@ def plan(
     stdout.print(plan_table(title, summary.columns, summary.rows))
     if not summary.used_real_models:
         console.print(f"[yellow]models not found locally: assumed {summary.plan.num_layers} layers")
-    picture = plot_plan(summary, png or recipe.with_suffix(".plan.png"))
+    picture = plot_plan(summary, png or Path.cwd() / f"{recipe.stem}.plan.png")
     console.print(f"plot -> [bold]{escape(str(picture))}[/]")

@@ -5,11 +5,30 @@
 domain gain, retention and forgetting with propagated standard errors.
 """
 
-from mergemed.evaluation.results import EvaluationReport, ModelEvaluation
-from mergemed.evaluation.runner import evaluate, preflight
-from mergemed.evaluation.scores import Score, TradeOff, summarise
-from mergemed.evaluation.settings import BackendSettings, EvalSettings
-from mergemed.evaluation.store import ResultsStore
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EvaluationReport": "results",
+    "ModelEvaluation": "results",
+    "evaluate": "runner",
+    "preflight": "runner",
+    "Score": "scores",
+    "TradeOff": "scores",
+    "summarise": "scores",
+    "BackendSettings": "settings",
+    "EvalSettings": "settings",
+    "ResultsStore": "store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names on first use: ``mergemed --help`` and option parsing read the
+    settings without loading torch, transformers and lm-eval."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mergemed.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mergemed.evaluation.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "BackendSettings",

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergemed.errors import MergemedError
@@ -98,6 +97,8 @@ class BackendSettings(_Settings):
         """The device asked for, else CUDA when present, else the CPU."""
         if self.device:
             return self.device
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_batch_size(self) -> int | str:

@@ -8,6 +8,7 @@ folder or the whole new one; the working folder goes last.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ class TrainResult:
 def partial_folder(output: Path) -> Path:
     """Where the trained model is written before it is renamed to ``output``."""
     return output.parent / f".{output.name}.mergemed-partial"
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Give every file the mode a merge's files get (0666, 0777 for folders, less the umask):
+    safetensors writes weights through a private temporary file (0600), which other users
+    of a shared model folder, or a container's other uid, could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_trained_model(
@@ -67,6 +78,7 @@ def write_trained_model(
         tokenizer.save_pretrained(str(partial))
         (partial / "config.yaml").write_text(session.config.to_yaml())
         write_report(partial, report)
+        _readable_by_all(partial)
         replace_folder(
             partial, output, overwrite=session.config.output.overwrite, option=OVERWRITE_OPTION
         )

@@ -119,3 +119,24 @@ def test_user_text_is_printed_as_written(tmp_path: Path) -> None:
     result = run("merge", str(recipe), "-o", str(tmp_path / "out"), "--device", "cuda:abc")
     assert result.returncode == 2
     assert "cuda:abc" in result.stderr
+
+
+def test_help_and_version_load_no_heavy_library() -> None:
+    """``mergemed --help`` and ``--version`` answer without importing torch, transformers or
+    lm-eval (they took 4-5 s to start before)."""
+    code = (
+        "import sys\n"
+        "from mergemed.cli.app import main\n"
+        "for args in (['--help'], ['--version']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+    from mergemed import __version__
+
+    assert f"mergemed {__version__}" in result.stdout

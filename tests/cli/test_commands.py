@@ -82,13 +82,17 @@ def test_plan_json_gives_closed_form_gradients(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_plan_draws_a_png_next_to_the_recipe(
+def test_plan_draws_a_png_in_the_current_folder(
     tmp_path: Path, tiny_model_pair: Callable[[str], tuple[Path, Path]]
 ) -> None:
+    """The plot goes where the user is (or --png), never into the recipe's folder."""
     base, other = tiny_model_pair("llama")
-    recipe = slerp_recipe(tmp_path / "recipe.yaml", base, other, "[0, 0.5, 1]")
-    result = succeeded(run_cli("plan", recipe))
-    picture = tmp_path / "recipe.plan.png"
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "work").mkdir()
+    recipe = slerp_recipe(tmp_path / "recipes" / "recipe.yaml", base, other, "[0, 0.5, 1]")
+    result = succeeded(run_cli("plan", recipe, cwd=tmp_path / "work"))
+    assert sorted(p.name for p in (tmp_path / "recipes").iterdir()) == ["recipe.yaml"]
+    picture = tmp_path / "work" / "recipe.plan.png"
     assert picture.read_bytes()[:8] == PNG_SIGNATURE
     assert picture.stat().st_size > 5_000
     assert "self_attn" in result.stdout and "mlp" in result.stdout

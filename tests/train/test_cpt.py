@@ -5,6 +5,7 @@ held-out medical loss falls, a killed run resumes to the same losses, and the ou
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_cpt_mixes_packs_and_learns(tiny_eval_models, tmp_path: Path) -> None:
         0.9, abs=0.02
     )
     assert report["padding_waste"] <= 0.02
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (output / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     medical = logged(report, "held_out/medical")
     assert medical[30] < medical[10], medical  # the model learns the medical source
     assert result.steps == 30 and report["base_model"] == str(base)
