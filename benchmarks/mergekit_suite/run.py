@@ -454,7 +454,11 @@ def evaluate(entry: Entry, models: Path, work: Path, layer_counts: dict[str, int
     stochastic = bool(methods & STOCHASTIC)
     outcome = Outcome(entry.id, "match")
     notes: list[str] = []
-    for variant in ("written", "float32"):
+    written_in_float32 = all(c.get("dtype") in (None, "float32") for _, c in chain) and not any(
+        c.get("out_dtype") for _, c in chain
+    )  # (the tiny models are stored in float32: the two variants would be the same runs)
+    variants = ("float32",) if written_in_float32 else ("written", "float32")
+    for variant in variants:
         staged = chain if variant == "written" else [(n, _float32(c)) for n, c in chain]
         results = {}
         for label, tool in (("mergekit", run_mergekit), ("mergemed", run_mergemed)):

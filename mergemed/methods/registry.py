@@ -180,6 +180,15 @@ class MergeMethod:
         return self.parameter_index.get(name)
 
 
+INT8_MASK = Parameter(
+    "int8_mask",
+    "global",
+    bool,
+    False,
+    description="accepted for mergekit compatibility; masks are boolean anyway",
+)
+"""mergekit's switch for int8 sign masks (a memory saving there); no effect here."""
+
 _REGISTRY: dict[str, MergeMethod] = {}
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from mergemed.methods.registry import MergeInputs, MergeMethod, Parameter, register, split_base
+from mergemed.methods.registry import (
+    INT8_MASK,
+    MergeInputs,
+    MergeMethod,
+    Parameter,
+    register,
+    split_base,
+)
 from mergemed.methods.task_arithmetic import sign_consensus_mask
 
 
@@ -70,13 +77,7 @@ register(
                 maximum=1.0,
                 description="fraction of entries kept, those varying most across models",
             ),
-            Parameter(
-                "int8_mask",
-                "global",
-                bool,
-                False,
-                description="accepted for mergekit compatibility; masks are boolean anyway",
-            ),
+            INT8_MASK,
         ),
         base_model="required",
         min_models=1,

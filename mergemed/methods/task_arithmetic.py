@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from mergemed.methods.registry import (
+    INT8_MASK,
     MergeInputs,
     MergeMethod,
     Parameter,
@@ -215,13 +216,7 @@ for _variant in _VARIANTS:
                     description="rescale sparsified task vectors to their original L1 norm",
                 ),
                 Parameter("lambda", "global", float, 1.0, description="scale of the sum"),
-                Parameter(
-                    "int8_mask",
-                    "global",
-                    bool,
-                    False,
-                    description="accepted for mergekit compatibility; masks are boolean anyway",
-                ),
+                INT8_MASK,
                 *(
                     [_SPARSIFICATION_PARAMETERS[_variant.sparsification]]
                     if _variant.sparsification in _SPARSIFICATION_PARAMETERS
