@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "methods": 1,
     "testing": 1,
     "recipe": 2,
+    "layout": 2,
     "schedule": 3,
     "vocabulary": 3,
     "engine": 4,
