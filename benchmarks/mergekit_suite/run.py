@@ -266,16 +266,7 @@ def _vocabulary(folder: Path) -> dict[str, int] | None:
 
 def loading_problems(folder: Path) -> str | None:
     """Missing or unexpected keys when transformers loads ``folder``, or None."""
-    import transformers
-
-    config = json.loads((folder / "config.json").read_text())
-    architecture = (config.get("architectures") or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    if model_class is None:
-        return f"no transformers class {architecture!r}"
-    with contextlib.redirect_stderr(io.StringIO()):
-        _, info = model_class.from_pretrained(folder, output_loading_info=True)
-    missing, unexpected = info["missing_keys"], info["unexpected_keys"]
+    _, missing, unexpected = _loaded(folder)
     if missing or unexpected:
         return f"missing {sorted(missing)[:3]} unexpected {sorted(unexpected)[:3]}"
     return None
@@ -287,15 +278,17 @@ def _layers(folder: Path) -> int | None:
     return config_num_layers(json.loads((folder / "config.json").read_text()))
 
 
-def _loaded(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The state dict transformers builds from ``folder`` and the keys it found missing."""
+def _loaded(folder: Path) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """The state dict transformers builds from ``folder`` (with the class its config names)
+    and the keys it found missing and unexpected."""
     import transformers
 
     config = json.loads((folder / "config.json").read_text())
     model_class = getattr(transformers, config["architectures"][0])
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         model, info = model_class.from_pretrained(folder, dtype="auto", output_loading_info=True)
-    return {k: v.detach() for k, v in model.state_dict().items()}, list(info["missing_keys"])
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return state, list(info["missing_keys"]), list(info["unexpected_keys"])
 
 
 @dataclass
@@ -317,7 +310,7 @@ def compare(ours: Path, theirs: Path, tolerance: float | None, has_tokenizer: bo
     mine, reference = _tensors(ours), _tensors(theirs)
     if set(mine) != set(reference):
         written = len(reference)
-        (mine, our_missing), (reference, their_missing) = _loaded(ours), _loaded(theirs)
+        (mine, our_missing, _), (reference, their_missing, _) = _loaded(ours), _loaded(theirs)
         if our_missing:
             result.problem = (
                 f"transformers finds {len(our_missing)} keys missing: {our_missing[:3]}"
