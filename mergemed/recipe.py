@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -29,9 +29,11 @@ from pydantic import (
 )
 
 from mergemed.errors import RecipeError
-from mergemed.methods import get_method
-from mergemed.methods.registry import MergeMethod, parameter_names, suggest
+from mergemed.methods.specs import MethodSpec, get_spec, parameter_names, suggest
 from mergemed.validated_yaml import Problems, format_path, load_validated
+
+if TYPE_CHECKING:
+    from mergemed.methods.registry import MergeMethod
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 """A single parameter value."""
@@ -190,7 +192,15 @@ class Recipe(BaseModel):
     this seed and the tensor's name, so results do not depend on order (mergemed)."""
 
     @property
+    def spec(self) -> MethodSpec:
+        """What the merge method accepts (no torch needed)."""
+        return get_spec(self.merge_method)
+
+    @property
     def method(self) -> MergeMethod:
+        """The merge method with its tensor functions (loads torch)."""
+        from mergemed.methods import get_method
+
         return get_method(self.merge_method)
 
     @property
@@ -270,7 +280,7 @@ def _as_mergekit_reads(value: Any, kind: type | None) -> Any:
 
 def _normalise_parameters(data: dict[str, Any]) -> None:
     try:
-        method = get_method(str(data.get("merge_method")))
+        method = get_spec(str(data.get("merge_method")))
     except RecipeError:
         method = None
 
@@ -313,7 +323,7 @@ def _settings(recipe: Recipe) -> Iterator[tuple[tuple[Any, ...], Parameters, str
                 yield path, source.parameters, "model"
 
 
-def _check_value(method: MergeMethod, name: str, setting: Any, path, problems) -> None:
+def _check_value(method: MethodSpec, name: str, setting: Any, path, problems) -> None:
     parameter = method.parameter(name)
     if isinstance(setting, Rule):
         setting = [setting]
@@ -337,7 +347,7 @@ def _check_value(method: MergeMethod, name: str, setting: Any, path, problems) -
 
 def _check_semantics(recipe: Recipe, problems: Problems) -> None:
     try:
-        method = recipe.method
+        method = recipe.spec
     except RecipeError as error:
         problems.add(("merge_method",), str(error).removeprefix("unknown merge_method ").strip())
         return

@@ -21,7 +21,8 @@ from typing import Any
 from mergemed.errors import MergeError
 from mergemed.io.architecture import layer_stacks
 from mergemed.layout import ModelLayout, generic_layout, layout_from_checkpoint
-from mergemed.methods.registry import MergeInputs, MergeMethod, Parameter
+from mergemed.methods.registry import MergeMethod
+from mergemed.methods.specs import MergeInputs, Parameter
 from mergemed.recipe import Parameters, Recipe, Rule, SliceSource
 
 COMPONENTS = (

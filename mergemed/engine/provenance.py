@@ -120,7 +120,7 @@ def resolved_recipe(job: MergeJob) -> str:
     recipe = job.recipe
     data = recipe.model_dump(mode="json", exclude_none=True)
     parameters = data.setdefault("parameters", {})
-    for parameter in recipe.method.parameters:
+    for parameter in recipe.spec.parameters:
         if (
             parameter.scope == "global"
             and not parameter.required

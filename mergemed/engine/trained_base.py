@@ -20,7 +20,7 @@ def find_trained_base(recipe: Recipe, search_dirs: list[Path]) -> Recipe:
     Raises:
         MergeError: the method needs a base and none can be found, or the records disagree.
     """
-    method = recipe.method
+    method = recipe.spec
     slices_with_base = recipe.slices and all(s.base_model for s in recipe.slices)
     if recipe.base_model or method.base_model != "required" or slices_with_base:
         return recipe

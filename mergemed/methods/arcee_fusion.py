@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mergemed.methods.registry import MergeInputs, MergeMethod, register, split_base
+from mergemed.methods.registry import MergeInputs, register, split_base
 
 QUANTILE_SAMPLE = 1_000_000
 KL_EPSILON = 1e-8
@@ -54,15 +54,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     return arcee_fusion(base, other, inputs.generator)
 
 
-register(
-    MergeMethod(
-        name="arcee_fusion",
-        merge=_merge,
-        parameters=(),
-        base_model="required",
-        min_models=2,
-        max_models=2,
-        stochastic=True,
-        description="apply the other model's most important changes to the base",
-    )
-)
+register("arcee_fusion", _merge)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mergemed.methods.registry import MergeInputs, MergeMethod, Parameter, compute_dtype, register
+from mergemed.methods.registry import MergeInputs, compute_dtype, register
 
 
 def karcher_mean(
@@ -60,16 +60,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     )
 
 
-register(
-    MergeMethod(
-        name="karcher",
-        merge=_merge,
-        parameters=(
-            Parameter("max_iter", "global", int, 10, minimum=0, description="most iteration steps"),
-            Parameter("tol", "global", float, 1e-5, minimum=0.0, description="step to stop at"),
-        ),
-        base_model="optional",
-        min_models=1,
-        description="Riemannian (Karcher) mean of the models on the sphere, equal weights",
-    )
-)
+register("karcher", _merge)

@@ -8,8 +8,6 @@ import torch
 
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
-    Parameter,
     StreamingKernel,
     compute_dtype,
     register,
@@ -37,17 +35,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     return linear(inputs.tensors, weights, inputs.parameters["normalize"])
 
 
-register(
-    MergeMethod(
-        name="linear",
-        merge=_merge,
-        parameters=(
-            Parameter("weight", "model", float, description="weight of each model"),
-            Parameter("normalize", "global", bool, True, description="divide by the sum"),
-        ),
-        base_model="ignored",
-        min_models=1,
-        streaming=StreamingKernel(combine=lambda inputs, _: _merge(inputs)),
-        description="weighted average of the models",
-    )
-)
+register("linear", _merge, streaming=StreamingKernel(combine=lambda inputs, _: _merge(inputs)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mergemed.methods.registry import MergeInputs, MergeMethod, Parameter, register, split_base
+from mergemed.methods.registry import MergeInputs, register, split_base
 
 SINGULAR = 1e-6
 
@@ -49,22 +49,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     return model_stock(base, others, filter_wise=inputs.parameters["filter_wise"])
 
 
-register(
-    MergeMethod(
-        name="model_stock",
-        merge=_merge,
-        parameters=(
-            Parameter(
-                "filter_wise",
-                "global",
-                bool,
-                False,
-                description="one angle per row (filter) instead of one per tensor",
-            ),
-        ),
-        base_model="required",
-        min_models=3,
-        min_others=2,
-        description="interpolate towards the models' mean by their task vectors' angle",
-    )
-)
+register("model_stock", _merge)

@@ -12,8 +12,6 @@ import torch
 from mergemed.errors import MergeError
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
-    Parameter,
     model_values,
     register,
     split_base,
@@ -80,24 +78,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     )
 
 
-register(
-    MergeMethod(
-        name="multislerp",
-        merge=_merge,
-        parameters=(
-            Parameter("weight", "model", float, description="weight of each model"),
-            Parameter(
-                "normalize_weights",
-                "global",
-                bool,
-                True,
-                description="divide the weights by their sum",
-            ),
-            Parameter("eps", "global", float, 1e-8, minimum=0.0, description="numerical floor"),
-        ),
-        base_model="optional",
-        min_models=1,
-        min_others=1,
-        description="spherical barycentre of any number of models (or their task vectors)",
-    )
-)
+register("multislerp", _merge)

@@ -10,8 +10,6 @@ import torch
 
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
-    Parameter,
     StreamingKernel,
     register,
     split_base,
@@ -29,23 +27,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     return nearswap(inputs.parameters["t"], base, other)
 
 
-register(
-    MergeMethod(
-        name="nearswap",
-        merge=_merge,
-        parameters=(
-            Parameter(
-                "t",
-                "global",
-                float,
-                minimum=0.0,
-                description="distance under which the other model's value is taken",
-            ),
-        ),
-        base_model="required",
-        min_models=2,
-        max_models=2,
-        streaming=StreamingKernel(combine=lambda inputs, _: _merge(inputs)),
-        description="swap in the other model's entries that are near the base's",
-    )
-)
+register("nearswap", _merge, streaming=StreamingKernel(combine=lambda inputs, _: _merge(inputs)))

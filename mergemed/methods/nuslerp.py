@@ -15,8 +15,6 @@ import torch
 
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
-    Parameter,
     StreamingKernel,
     compute_dtype,
     model_values,
@@ -113,37 +111,12 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
 
 
 register(
-    MergeMethod(
-        name="nuslerp",
-        merge=_merge,
-        parameters=(
-            Parameter("weight", "model", float, description="relative weight of each model"),
-            Parameter(
-                "nuslerp_flatten",
-                "global",
-                bool,
-                True,
-                description="interpolate whole tensors (false: row or column vectors)",
-            ),
-            Parameter(
-                "nuslerp_row_wise",
-                "global",
-                bool,
-                False,
-                description="without flattening, take vectors along the first axis, not the last",
-            ),
-        ),
-        base_model="optional",
-        min_models=2,
-        max_models=3,
-        min_others=2,
-        max_others=2,
-        streaming=StreamingKernel(
-            combine=_combine,
-            accumulate=_accumulate,
-            finalize=_finalize,
-            applies=lambda inputs: inputs.parameters["nuslerp_flatten"],
-        ),
-        description="spherical interpolation of two models (or their task vectors) by weight",
-    )
+    "nuslerp",
+    _merge,
+    streaming=StreamingKernel(
+        combine=_combine,
+        accumulate=_accumulate,
+        finalize=_finalize,
+        applies=lambda inputs: inputs.parameters["nuslerp_flatten"],
+    ),
 )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
-    Parameter,
     StreamingKernel,
     compute_dtype,
     register,
@@ -20,15 +18,4 @@ def _merge(inputs: MergeInputs):
     return result * scale if scale != 1 else result
 
 
-register(
-    MergeMethod(
-        name="passthrough",
-        merge=_merge,
-        parameters=(Parameter("scale", "model", float, 1.0, description="multiply by"),),
-        base_model="ignored",
-        min_models=1,
-        max_models=1,
-        streaming=StreamingKernel(combine=lambda inputs, _: _merge(inputs)),
-        description="copy the single input model's tensors (stack layers with slices)",
-    )
-)
+register("passthrough", _merge, streaming=StreamingKernel(combine=lambda inputs, _: _merge(inputs)))

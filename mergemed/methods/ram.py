@@ -12,7 +12,6 @@ import torch
 
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
     Parameter,
     StreamingKernel,
     register,
@@ -71,29 +70,6 @@ _EPSILON = Parameter(
     "epsilon", "global", float, 1e-5, minimum=0.0, description="smallest change that counts"
 )
 
-register(
-    MergeMethod(
-        name="ram",
-        merge=_ram,
-        parameters=(_EPSILON,),
-        base_model="required",
-        min_models=1,
-        streaming=StreamingKernel(combine=lambda inputs, _: _ram(inputs)),
-        description="RAM: unique changes kept, shared changes averaged",
-    )
-)
+register("ram", _ram, streaming=StreamingKernel(combine=lambda inputs, _: _ram(inputs)))
 
-register(
-    MergeMethod(
-        name="ramplus_tl",
-        merge=_ramplus,
-        parameters=(
-            Parameter("r", "global", float, 0.1, description="strength of the unique-entry boost"),
-            Parameter("alpha", "global", float, 0.2, description="cap of the overlap ratio"),
-            _EPSILON,
-        ),
-        base_model="required",
-        min_models=1,
-        description="RAM+ (tensor-local): RAM with overlap-scaled unique changes",
-    )
-)
+register("ramplus_tl", _ramplus)

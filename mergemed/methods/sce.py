@@ -11,10 +11,7 @@ from __future__ import annotations
 import torch
 
 from mergemed.methods.registry import (
-    INT8_MASK,
     MergeInputs,
-    MergeMethod,
-    Parameter,
     register,
     split_base,
 )
@@ -63,24 +60,4 @@ def _merge(inputs: MergeInputs) -> torch.Tensor:
     return sce(base, others, inputs.parameters["select_topk"])
 
 
-register(
-    MergeMethod(
-        name="sce",
-        merge=_merge,
-        parameters=(
-            Parameter(
-                "select_topk",
-                "global",
-                float,
-                1.0,
-                minimum=0.0,
-                maximum=1.0,
-                description="fraction of entries kept, those varying most across models",
-            ),
-            INT8_MASK,
-        ),
-        base_model="required",
-        min_models=1,
-        description="SCE: variance selection, mean-square weights, sign erasure",
-    )
-)
+register("sce", _merge)

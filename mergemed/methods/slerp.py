@@ -16,8 +16,6 @@ import torch
 
 from mergemed.methods.registry import (
     MergeInputs,
-    MergeMethod,
-    Parameter,
     StreamingKernel,
     compute_dtype,
     register,
@@ -164,25 +162,7 @@ def _combine_slice(inputs: MergeInputs, coefficients: tuple[float, float]) -> to
 
 
 register(
-    MergeMethod(
-        name="slerp",
-        merge=_merge,
-        parameters=(
-            Parameter(
-                "t",
-                "global",
-                float,
-                minimum=0.0,
-                maximum=1.0,
-                description="interpolation weight: 0 gives the base model, 1 the other",
-            ),
-        ),
-        base_model="required",
-        min_models=2,
-        max_models=2,
-        streaming=StreamingKernel(
-            combine=_combine_slice, accumulate=_accumulate, finalize=_finalize
-        ),
-        description="spherical interpolation between the base model and one other model",
-    )
+    "slerp",
+    _merge,
+    streaming=StreamingKernel(combine=_combine_slice, accumulate=_accumulate, finalize=_finalize),
 )

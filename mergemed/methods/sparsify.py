@@ -12,11 +12,10 @@ A kept task vector may be rescaled so its L1 norm equals the original's.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Sparsification = Literal["magnitude", "random", "outliers", "rank"] | None
+from mergemed.methods.specs import Sparsification
+
 RESCALE_EPSILON = 1e-7
 
 
@@ -66,16 +65,6 @@ def rank_mask(
     normalised = torch.where(spread > 0, (ranks - lowest) / spread.clamp(min=1), 0.5).clamp(0, 1)
     probabilities = (density - epsilon) + normalised * 2 * epsilon
     return torch.bernoulli(probabilities, generator=generator).to(delta.dtype).reshape(delta.shape)
-
-
-def rank_problem(density: float, epsilon: float) -> str | None:
-    """Why ``density`` and ``epsilon`` cannot drive :func:`rank_mask`, or None."""
-    if 0 < density < 1 and not (density - epsilon > 0 and density + epsilon < 1):
-        return (
-            f"epsilon {epsilon:g} with density {density:g}: density - epsilon and "
-            "density + epsilon must both lie strictly between 0 and 1"
-        )
-    return None
 
 
 def rescale_to_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -13,27 +13,17 @@ contributed, scaled by ``lambda`` and added to the base.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from mergemed.methods.registry import (
-    INT8_MASK,
-    MergeInputs,
-    MergeMethod,
-    Parameter,
-    StreamingKernel,
-    compute_dtype,
-    register,
-)
+from mergemed.methods.registry import MergeInputs, StreamingKernel, compute_dtype, register
 from mergemed.methods.sparsify import (  # noqa: F401 (part of this module's interface)
-    Sparsification,
     magnitude_mask,
     random_mask,
-    rank_problem,
     rescale_to_l1,
     sparsify,
 )
+from mergemed.methods.specs import TASK_VECTOR_VARIANTS, TaskVectorVariant
 
 WEIGHT_SUM_EPSILON = 1e-8
 
@@ -86,17 +76,7 @@ def combine_task_vectors(
     return base + mixed
 
 
-@dataclass(frozen=True)
-class _Variant:
-    name: str
-    sparsification: Sparsification
-    sign_consensus: bool
-    default_normalize: bool
-    default_rescale: bool
-    description: str
-
-
-def _make_merge(variant: _Variant):
+def _make_merge(variant: TaskVectorVariant):
     def merge(inputs: MergeInputs) -> torch.Tensor:
         base = inputs.tensors[inputs.base_index].to(compute_dtype(inputs.tensors[0]))
         parameters = inputs.parameters
@@ -127,7 +107,7 @@ def _make_merge(variant: _Variant):
     return merge
 
 
-def _elementwise(variant: _Variant):
+def _elementwise(variant: TaskVectorVariant):
     """Without sparsification every output entry depends only on the same input entries."""
 
     def applies(inputs: MergeInputs) -> bool:
@@ -139,96 +119,5 @@ def _elementwise(variant: _Variant):
     return StreamingKernel(combine=lambda inputs, _: merge(inputs), applies=applies)
 
 
-_VARIANTS = (
-    _Variant("task_arithmetic", None, False, False, False, "base + lambda * sum of task vectors"),
-    _Variant("ties", "magnitude", True, True, False, "TIES: trim, elect sign, disjoint merge"),
-    _Variant("dare_ties", "random", True, False, True, "DARE random drop + TIES sign election"),
-    _Variant("dare_linear", "random", False, False, True, "DARE random drop + weighted sum"),
-    _Variant(
-        "breadcrumbs", "outliers", False, False, False, "Breadcrumbs: drop outliers and smallest"
-    ),
-    _Variant(
-        "breadcrumbs_ties", "outliers", True, False, False, "Breadcrumbs + TIES sign election"
-    ),
-    _Variant("della", "rank", True, True, True, "DELLA: magnitude-ranked drop + sign election"),
-    _Variant("della_linear", "rank", False, False, True, "DELLA drop + weighted sum"),
-)
-
-_SPARSIFICATION_PARAMETERS = {
-    "outliers": Parameter(
-        "gamma",
-        "model",
-        float,
-        0.01,
-        minimum=0.0,
-        maximum=1.0,
-        description="fraction of largest-magnitude entries dropped as outliers",
-    ),
-    "rank": Parameter(
-        "epsilon",
-        "model",
-        float,
-        0.15,
-        minimum=0.0,
-        maximum=1.0,
-        description="keep probabilities span density - epsilon .. density + epsilon by rank",
-    ),
-}
-
-
-def _check_rank(inputs: MergeInputs) -> str | None:
-    for index in inputs.others():
-        values = inputs.model_parameters[index]
-        problem = rank_problem(values["density"], values["epsilon"])
-        if problem:
-            return problem
-    return None
-
-
-for _variant in _VARIANTS:
-    register(
-        MergeMethod(
-            name=_variant.name,
-            merge=_make_merge(_variant),
-            parameters=(
-                Parameter("weight", "model", float, description="weight of each task vector"),
-                Parameter(
-                    "density",
-                    "model",
-                    float,
-                    1.0,
-                    minimum=0.0,
-                    maximum=1.0,
-                    description="fraction of each task vector kept",
-                ),
-                Parameter(
-                    "normalize",
-                    "global",
-                    bool,
-                    _variant.default_normalize,
-                    description="divide by the sum of the weights that contribute",
-                ),
-                Parameter(
-                    "rescale",
-                    "global",
-                    bool,
-                    _variant.default_rescale,
-                    description="rescale sparsified task vectors to their original L1 norm",
-                ),
-                Parameter("lambda", "global", float, 1.0, description="scale of the sum"),
-                INT8_MASK,
-                *(
-                    [_SPARSIFICATION_PARAMETERS[_variant.sparsification]]
-                    if _variant.sparsification in _SPARSIFICATION_PARAMETERS
-                    else []
-                ),
-            ),
-            base_model="required",
-            min_models=2,
-            streaming=_elementwise(_variant),
-            stochastic=_variant.sparsification in ("random", "rank"),
-            check=_check_rank if _variant.sparsification == "rank" else None,
-            task_vectors=True,
-            description=_variant.description,
-        )
-    )
+for _variant in TASK_VECTOR_VARIANTS:
+    register(_variant.name, _make_merge(_variant), streaming=_elementwise(_variant))

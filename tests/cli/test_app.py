@@ -14,6 +14,8 @@ import pytest
 from mergemed.cli import app as cli_app
 from mergemed.cli import methods as methods_verb
 
+REPO = Path(__file__).resolve().parents[2]
+
 FAKE_TOKEN = "hf_FAKEfakeFAKEfakeFAKEfake1234"
 
 
@@ -121,13 +123,17 @@ def test_user_text_is_printed_as_written(tmp_path: Path) -> None:
     assert "cuda:abc" in result.stderr
 
 
-def test_help_and_version_load_no_heavy_library() -> None:
-    """``mergemed --help`` and ``--version`` answer without importing torch, transformers or
-    lm-eval (they took 4-5 s to start before)."""
+def test_help_version_validate_and_methods_load_no_heavy_library(tmp_path: Path) -> None:
+    """``mergemed --help``, ``--version``, ``validate`` (a recipe and a training config) and
+    ``methods`` answer without importing torch, transformers or lm-eval (they took 4-5 s to
+    start before)."""
+    recipe = REPO / "recipes" / "gatortron_llama.yaml"
+    config = REPO / "configs" / "cpt_medical.yaml"
     code = (
         "import sys\n"
         "from mergemed.cli.app import main\n"
-        "for args in (['--help'], ['--version']):\n"
+        f"for args in (['--help'], ['--version'], ['validate', {str(recipe)!r}],\n"
+        f"             ['validate', {str(config)!r}], ['methods']):\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit:\n"

@@ -257,3 +257,19 @@ def test_methods_match_mergekit_tensor_function(case, shape):
             model_parameters[index][name] = value
     ours = _run(method, tensors, base_index, parameters, model_parameters)
     torch.testing.assert_close(ours, expected.to(ours.dtype), rtol=0, atol=1e-6)
+
+
+def test_every_specified_method_has_tensor_functions_and_no_other_is_registered() -> None:
+    """Specifications (torch-free) and registered kernels name the same methods, and each
+    registered method carries its specification unchanged."""
+    from dataclasses import fields
+
+    from mergemed.methods import registry, specs
+
+    for name in specs.available_methods():
+        method = get_method(name)
+        assert callable(method.merge), name
+        spec = specs.get_spec(name)
+        for field in fields(specs.MethodSpec):
+            assert getattr(method, field.name) == getattr(spec, field.name), (name, field.name)
+    assert registry.registered_methods() == specs.available_methods()
