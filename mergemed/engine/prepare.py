@@ -19,7 +19,7 @@ import torch
 from mergemed.engine.trained_base import find_trained_base
 from mergemed.errors import MergeError, MergemedError
 from mergemed.io.checkpoint import Checkpoint
-from mergemed.io.hub import resolve_model_folder
+from mergemed.io.hub import resolve_model_folders
 from mergemed.io.writer import OutputTensor
 from mergemed.recipe import Recipe, load_recipe
 from mergemed.schedule import MergePlan, ModelLayout, build_plan, layout_from_checkpoint
@@ -278,10 +278,10 @@ def open_models(
     Raises:
         MergemedError: a model is missing or unreadable; the ones opened are closed.
     """
+    folders = resolve_model_folders(recipe.model_references(), search_dirs=search_dirs)
     checkpoints: dict[str, Checkpoint] = {}
     try:
-        for reference in recipe.model_references():
-            folder = resolve_model_folder(reference, search_dirs=search_dirs)
+        for reference, folder in folders.items():
             checkpoints[reference] = Checkpoint(folder, reference, allow_pickle=allow_pickle)
     except MergemedError:
         for checkpoint in checkpoints.values():

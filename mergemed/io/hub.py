@@ -59,18 +59,71 @@ def resolve_model_folder(reference: str, *, search_dirs: Sequence[Path] = ()) ->
     token comes from the environment (``HF_TOKEN``) and is never printed.
 
     Raises:
-        CheckpointError: the folder does not exist, or the Hub id is not available.
+        CheckpointError: the folder does not exist, or the Hub id is not available; the message
+            says why and what to do (log in for a gated model, give a local folder).
     """
     parsed = ModelReference.parse(reference)
     folder = _local_folder(parsed, search_dirs)
     return folder if folder is not None else _resolve_hub(parsed)
 
 
+def resolve_model_folders(
+    references: Sequence[str], *, search_dirs: Sequence[Path] = ()
+) -> dict[str, Path]:
+    """:func:`resolve_model_folder` for every reference, every unavailable one named at once.
+
+    Raises:
+        CheckpointError: one line naming each model that is not available and why, then what
+            to do (once), e.g. how to log in when Hub ids are among them.
+    """
+    folders: dict[str, Path] = {}
+    missing: list[ModelNotAvailable] = []
+    unique = list(dict.fromkeys(references))
+    for reference in unique:
+        try:
+            folders[reference] = resolve_model_folder(reference, search_dirs=search_dirs)
+        except ModelNotAvailable as error:
+            missing.append(error)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        hints = list(dict.fromkeys(h for error in missing for h in error.hints))
+        reasons = "; ".join(error.reason for error in missing)
+        raise CheckpointError(
+            f"{len(missing)} of {len(unique)} models are not available: {reasons}"
+            + "".join(f". {hint[0].upper()}{hint[1:]}" for hint in hints)
+        )
+    return folders
+
+
+class ModelNotAvailable(CheckpointError):
+    """A model is neither a local folder nor available from the Hub.
+
+    Attributes:
+        reason: ``model 'x': why``.
+        hints: what to do about it, each a clause.
+    """
+
+    def __init__(self, reason: str, *hints: str):
+        self.reason, self.hints = reason, hints
+        super().__init__("; ".join((reason, *hints)))
+
+
+LOGIN_HINT = (
+    "a gated model (meta-llama/... for one) needs its licence accepted on huggingface.co and a "
+    "token: set HF_TOKEN or run `hf auth login`"
+)
+LOCAL_HINT = (
+    "a model that is not on the public Hub (GatorTronLlama, your own CPT models) must be given "
+    "as a local folder"
+)
+
+
 def _local_folder(parsed: ModelReference, search_dirs: Sequence[Path]) -> Path | None:
     """The local folder a reference names; None for a Hub id that is no local folder.
 
     Raises:
-        CheckpointError: the reference is neither a folder nor a Hub id.
+        ModelNotAvailable: the reference is neither a folder nor a Hub id.
     """
     candidates = [Path(parsed.path_or_id).expanduser()]
     candidates += [Path(d) / parsed.path_or_id for d in search_dirs]
@@ -79,15 +132,24 @@ def _local_folder(parsed: ModelReference, search_dirs: Sequence[Path]) -> Path |
             return candidate.resolve()
     looks_local = parsed.path_or_id.startswith((".", "/", "~")) or parsed.path_or_id.count("/") > 1
     if looks_local or not re.fullmatch(r"[\w.-]+/[\w.-]+", parsed.path_or_id):
-        raise CheckpointError(f"model {parsed.text!r}: folder not found ({candidates[0]})")
+        raise ModelNotAvailable(
+            f"model {parsed.text!r}: folder not found ({candidates[0].absolute()})", LOCAL_HINT
+        )
     return None
 
 
 def _resolve_hub(parsed: ModelReference) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     offline = hub_offline()
+    model = f"model {parsed.text!r}"
+    no_folder = f"and there is no folder {Path(parsed.path_or_id).absolute()}"
     try:
         folder = snapshot_download(
             parsed.path_or_id,
@@ -95,15 +157,34 @@ def _resolve_hub(parsed: ModelReference) -> Path:
             allow_patterns=HUB_PATTERNS,
             local_files_only=offline,
         )
+    except GatedRepoError:
+        raise ModelNotAvailable(
+            f"{model}: gated on the Hub and the token has no access",
+            f"accept its licence at https://huggingface.co/{parsed.path_or_id}, then set "
+            "HF_TOKEN or run `hf auth login`",
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotAvailable(
+            f"{model}: not on the Hub (or private to an account this token is not), {no_folder}",
+            LOCAL_HINT,
+        ) from None
     except LocalEntryNotFoundError:
-        raise CheckpointError(
-            f"model {parsed.text!r}: not a local folder and not in the Hugging Face cache"
-            + (" (HF_HUB_OFFLINE is set)" if offline else "")
-            + "; download it first or give a local path"
+        if offline:
+            raise ModelNotAvailable(
+                f"{model}: not in the Hugging Face cache (HF_HUB_OFFLINE is set), {no_folder}",
+                "unset HF_HUB_OFFLINE to download Hub models",
+                LOGIN_HINT,
+                LOCAL_HINT,
+            ) from None
+        raise ModelNotAvailable(
+            f"{model}: the Hub cannot be reached and the model is not in the Hugging Face "
+            f"cache, {no_folder}",
+            LOGIN_HINT,
+            LOCAL_HINT,
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"model {parsed.text!r}: cannot fetch from the Hub: {_first_line(error)}"
+        raise ModelNotAvailable(
+            f"{model}: cannot fetch from the Hub: {_first_line(error)}", LOGIN_HINT
         ) from None
     return Path(folder)
 
