@@ -25,8 +25,10 @@ def card(
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name on the card.")] = None,
 ) -> None:
-    """Write FOLDER/README.md: Hub metadata, recipe, schedule, evaluation (or "not
-    evaluated"), how to reproduce, limitations; print its first lines."""
+    """Write FOLDER/README.md, the model card, and print its first lines.
+
+    The card holds the Hub metadata, recipe, schedule, evaluation (or "not evaluated"), how to
+    reproduce the merge and its limitations."""
     from mergemed.publish import write_card
 
     path, decision = write_card(

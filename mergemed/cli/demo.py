@@ -15,8 +15,10 @@ def demo(
         "demo_out"
     ),
 ) -> None:
-    """Train two tiny parents (CPT, SFT), search SLERP schedules between them, evaluate the
-    best against both and write its model card: the whole workflow in a few minutes."""
+    """Run the whole workflow on tiny local models in a few minutes, offline.
+
+    Trains two tiny parents (CPT, SFT), searches SLERP schedules between them, evaluates the
+    best against both and writes its model card."""
     from mergemed.demo import run_demo
 
     result = run_demo(workdir, console=console)

@@ -20,8 +20,10 @@ def publish(
         bool, typer.Option("--dry-run", help="Check and list what would go up; upload nothing.")
     ] = False,
 ) -> None:
-    """Check FOLDER (safetensors only, loads in transformers, tokenizer and chat template,
-    card and licence, no token-like strings), then upload it with huggingface_hub."""
+    """Check FOLDER, then upload it to the Hugging Face Hub.
+
+    Checked first: safetensors only, loads in transformers, tokenizer and chat template, card
+    and licence, no token-like strings."""
     from mergemed.publish import publish as publish_folder
 
     plan = publish_folder(folder, repo_id, private=private, dry_run=dry_run)

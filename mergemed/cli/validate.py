@@ -19,8 +19,10 @@ def validate(
         typer.Option("--strict", help="Also refuse parameters the method ignores."),
     ] = False,
 ) -> None:
-    """Check FILE (a recipe or a training config) without touching any model or data; print
-    it as mergemed reads it, every default spelled out, or every problem, one line each."""
+    """Check a recipe or training config without touching any model or data.
+
+    Prints FILE as mergemed reads it, every default spelled out, or every problem, one line
+    each."""
     from mergemed.validation import validate_file
 
     checked = validate_file(file, strict=strict)

@@ -178,3 +178,22 @@ def test_merge_names_the_parameters_it_ignores(tiny_model_pair, tmp_path: Path) 
     ]
     report = json.loads((tmp_path / "out" / "merge.json").read_text())
     assert report["ignored_parameters"] == ["models[0].parameters.weight"]
+
+
+def test_the_gatortron_recipe_names_both_missing_models_and_how_to_get_them(
+    tmp_path: Path,
+) -> None:
+    """The shipped GatorTronLlama recipe on a machine without its models: one line naming the
+    gated Hub model and the local folder, how to log in, that GatorTronLlama is a local folder;
+    exit 2 and no output folder."""
+    hf_home = tmp_path / "empty-hf-home"
+    hf_home.mkdir()
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "gatortron_llama.yaml"
+    result = run_cli(
+        "merge", recipe, "-o", tmp_path / "out", env={"HF_HOME": str(hf_home)}, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "'meta-llama/Llama-3.1-8B-Instruct'" in line and "GatorTronLlama-8B" in line
+    assert "HF_TOKEN" in line and "hf auth login" in line and "local folder" in line
+    assert not (tmp_path / "out").exists()

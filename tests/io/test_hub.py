@@ -25,6 +25,7 @@ from mergemed.io.hub import (
     hub_commit,
     open_model_header,
     resolve_model_folder,
+    resolve_model_folders,
 )
 from mergemed.plan import plan_recipe
 
@@ -57,6 +58,48 @@ def test_hub_id_offline_and_not_cached(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(CheckpointError, match=r"not in the Hugging Face cache \(HF_HUB_OFFLINE"):
         resolve_model_folder("nobody/absent-model")
+
+
+def test_every_unavailable_model_is_named_in_one_line_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GatorTronLlama recipe's case: a gated Hub id that is not cached and a local folder
+    that does not exist are both named, once each, with how to log in and that a model off the
+    public Hub must be a local folder; a folder that exists is not named."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "present").mkdir()
+    references = ["meta-llama/Llama-3.1-8B-Instruct", "./models/GatorTronLlama-8B", "./present"]
+    with pytest.raises(CheckpointError) as raised:
+        resolve_model_folders([*references, references[0]])
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("2 of 3 models are not available: ")
+    assert message.count("'meta-llama/Llama-3.1-8B-Instruct'") == 1
+    assert f"folder not found ({tmp_path / 'models' / 'GatorTronLlama-8B'})" in message
+    assert "present" not in message
+    assert message.count("HF_TOKEN") == 1 and "hf auth login" in message
+    assert "must be given as a local folder" in message
+    assert "unset hf_hub_offline" in message.lower()
+
+
+def test_an_unreachable_hub_is_told_apart_from_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without HF_HUB_OFFLINE, a Hub that cannot be reached (a closed local port) is said to
+    be unreachable, not merely uncached, with how to log in for gated models."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(CheckpointError) as raised:
+        resolve_model_folder("meta-llama/Llama-3.1-8B-Instruct")
+    message = str(raised.value)
+    assert "Hub cannot be reached" in message or "cannot fetch from the Hub" in message
+    assert "HF_TOKEN" in message and "\n" not in message
 
 
 def test_hub_commit_of_a_snapshot_folder(tmp_path: Path) -> None:

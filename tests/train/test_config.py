@@ -14,10 +14,12 @@ from mergemed.train.config import load_train_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["cpt_medical.yaml", "sft_medical.yaml"])
+@pytest.mark.parametrize(
+    "name", ["cpt_medical.yaml", "sft_medical.yaml", "tiny_cpt.yaml", "tiny_sft.yaml"]
+)
 def test_shipped_configs_load_and_round_trip(name: str) -> None:
     config = load_train_config(CONFIGS / name)
-    assert config.kind == name.split("_")[0]
+    assert config.kind == ("cpt" if "cpt" in name else "sft")
     again = load_train_config(config.to_yaml())
     assert again == config
     written = yaml.safe_load(config.to_yaml())
