@@ -143,4 +143,8 @@ def test_shipped_search_spaces_load_and_name_real_tasks(path: Path) -> None:
 
 def test_shipped_examples_cover_gatortron_and_definemed() -> None:
     recipes = {load_space(p).recipe for p in SHIPPED_SPACES}
-    assert recipes == {"../recipes/gatortron_llama.yaml", "../recipes/definemed_qwen.yaml"}
+    assert recipes == {
+        "../recipes/gatortron_llama.yaml",
+        "../recipes/definemed_qwen.yaml",
+        "../recipes/tiny_example.yaml",
+    }

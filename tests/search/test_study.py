@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 TASKS = ["mm_pubmedqa", "ifeval_med"]
 LIMIT = 6
-SETTINGS = {"gen_kwargs": "max_gen_toks=24"}
+SETTINGS = {"gen_kwargs": "max_gen_toks=8"}
 
 
 def write_space(folder: Path, instruct: Path, clinical: Path) -> Path:
@@ -59,7 +59,7 @@ def write_space(folder: Path, instruct: Path, clinical: Path) -> Path:
               limit: {LIMIT}
               clinical: {clinical}
               instruct: {instruct}
-              settings: {{gen_kwargs: "max_gen_toks=24"}}
+              settings: {{gen_kwargs: "max_gen_toks=8"}}
             """
         )
     )
@@ -81,6 +81,7 @@ def test_stored_scores_equal_merging_each_candidate_to_disk(tiny_eval_models, tm
     board = leaderboard(run)
     assert len(board["trials"]) == 4
     assert len({tuple(sorted(r["choice"].items())) for r in board["trials"]}) == 4
+    check_store = tmp_path / "check.sqlite"  # the parents scored once; each merge is new
     for row in board["trials"]:
         recipe = tmp_path / f"candidate-{row['trial']}.yaml"
         recipe.write_text(row["recipe"])
@@ -91,9 +92,10 @@ def test_stored_scores_equal_merging_each_candidate_to_disk(tiny_eval_models, tm
             tasks=TASKS,
             limit=LIMIT,
             against={"clinical": clinical, "instruct": instruct},
-            store=False,
+            store=check_store,
             **SETTINGS,
         )
+        assert report.models[0].cached == []
         summary = report.trade_off.as_dict()
         assert row["domain_gain"] == summary["domain_gain"]
         assert row["forgetting"] == summary["forgetting"]
