@@ -19,6 +19,7 @@ from typing import Any
 
 from mergemed.train.config import TrainConfig
 from mergemed.train.export import TrainResult, write_trained_model
+from mergemed.train.held_out import held_out_callback
 from mergemed.train.packing import CPTData, build_cpt_data
 from mergemed.train.session import TrainingSession, checkpoint_step, training_session
 from mergemed.train.sources import Source
@@ -98,14 +99,23 @@ def _trainer(session: TrainingSession, prepared: _Prepared, progress: bool) -> A
     config, data = session.config, prepared.data
     model = load_model(config, prepared.base_folder)
     check_sequence_length(config, model)
-    held_out = {name: packed.to_dataset() for name, packed in data.held_out.items()}
     trainer = Trainer(
         model=model,
-        args=training_arguments(config, session.work, bool(held_out), progress),
+        args=training_arguments(config, session.work, progress),
         train_dataset=data.train.to_dataset(),
-        eval_dataset=held_out or None,
         data_collator=default_data_collator,
     )
+    held_out = {
+        name: [
+            {"input_ids": ids, "labels": labels, "position_ids": positions}
+            for ids, labels, positions in zip(
+                packed.input_ids, packed.labels, packed.position_ids, strict=True
+            )
+        ]
+        for name, packed in data.held_out.items()
+    }
+    every = config.training.eval_steps
+    trainer.add_callback(held_out_callback(trainer, held_out, session.workers, every))
     return quiet_trainer(trainer, progress)
 
 

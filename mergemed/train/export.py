@@ -68,10 +68,7 @@ def write_trained_model(
         OutputError: the folder cannot be moved into place (the old output is kept).
         FollowerStopped: on the other workers, when worker 0 failed to write.
     """
-    with session.workers.stop_if_one_is_lost(
-        lambda: "worker 0 ended before the output was in place; run the same command again"
-    ):
-        session.workers.decide(lambda: _write(session, save_weights, tokenizer, report))
+    session.workers.decide(lambda: _write(session, save_weights, tokenizer, report))
 
 
 def _write(

@@ -21,6 +21,7 @@ import torch
 
 from mergemed.train.config import TrainConfig
 from mergemed.train.export import TrainResult, write_trained_model
+from mergemed.train.held_out import held_out_callback
 from mergemed.train.mixing import split_held_out
 from mergemed.train.session import (
     TrainError,
@@ -178,7 +179,6 @@ def _trainer(session: TrainingSession, data: _Data, progress: bool) -> Any:
     arguments = training_arguments(
         config,
         session.work,
-        bool(data.held_out.examples),
         progress,
         SFTConfig,
         completion_only_loss=True,
@@ -191,7 +191,6 @@ def _trainer(session: TrainingSession, data: _Data, progress: bool) -> Any:
             model=model,
             args=arguments,
             train_dataset=data.train.to_dataset(),  # labels: -100 on every prompt token
-            eval_dataset=data.held_out.to_dataset() if data.held_out.examples else None,
             processing_class=data.tokenizer,
             peft_config=lora_config(config),
         )
@@ -202,6 +201,9 @@ def _trainer(session: TrainingSession, data: _Data, progress: bool) -> Any:
                 f"{config.model.path!r}"
             ) from None
         raise
+    held_out = {"": data.held_out.examples} if data.held_out.examples else {}
+    every = config.training.eval_steps
+    trainer.add_callback(held_out_callback(trainer, held_out, session.workers, every))
     return quiet_trainer(trainer, progress)
 
 

@@ -114,7 +114,6 @@ def check_fsdp(config: TrainConfig) -> None:
 def training_arguments(
     config: TrainConfig,
     work: Path,
-    has_eval: bool,
     progress: bool,
     arguments_class: Any = None,
     **extra: Any,
@@ -135,10 +134,7 @@ def training_arguments(
         output_dir=str(work / "checkpoints"),
         max_steps=training.max_steps,
         per_device_train_batch_size=training.micro_batch_size,
-        # One sequence per evaluation batch: each counts once in the held-out mean, with one
-        # worker or N (a partial last batch would be weighted as a whole one, and its copies
-        # padding N workers' last round would skew it).
-        per_device_eval_batch_size=1,
+        per_device_eval_batch_size=training.micro_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         learning_rate=training.learning_rate,
         warmup_steps=math.ceil(training.warmup_ratio * training.max_steps),
@@ -150,8 +146,7 @@ def training_arguments(
         save_strategy="steps",
         save_steps=training.save_steps,
         save_total_limit=training.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=training.eval_steps,
+        eval_strategy="no",  # held-out losses: mergemed.train.held_out, the same on N workers
         logging_steps=training.logging_steps,
         bf16=cuda and dtype == torch.bfloat16,
         neftune_noise_alpha=training.neftune_noise_alpha,
@@ -195,11 +190,16 @@ def run_trainer(trainer: Any, session: TrainingSession) -> tuple[Any, float]:
         return f"run the same command again to resume from {Path(last).name}"
 
     begin = time.time()
-    with session.workers.stop_if_one_is_lost(how_to_go_on):
+    workers = session.workers
+    with workers.stop_if_one_is_lost(how_to_go_on):
         result = trainer.train(resume_from_checkpoint=session.resume_from)
         seconds = time.time() - begin
+        # The Trainer's mean loss adds each worker's own losses since the last log: averaged
+        # over the workers, it is the mean over every worker's batches.
+        mean = workers.add_up(torch.tensor([result.training_loss], dtype=torch.float64))
+        result = result._replace(training_loss=float(mean[0]) / workers.world_size)
         # Every worker's share of the last checkpoint is written before worker 0 goes on.
-        session.workers.barrier()
+        workers.barrier()
     return result, seconds
 
 

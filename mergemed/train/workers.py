@@ -132,8 +132,7 @@ class Workers:
             value = step()
         except MergemedError as error:
             failure = error
-        with self.stop_if_one_is_lost(lambda: "run the same command again"):
-            problems = self._gather(None if failure is None else str(failure))
+        problems = self._gather(None if failure is None else str(failure))
         failed = [(rank, problem) for rank, problem in enumerate(problems) if problem is not None]
         if not failed:
             return value
@@ -157,7 +156,7 @@ class Workers:
             try:
                 value = step()
             except BaseException as error:
-                with suppress(RuntimeError):  # the others are gone: this error is what counts
+                with suppress(WorkerLost):  # the others are gone: this error is what counts
                     self._broadcast(("failed", f"{type(error).__name__}: {error}"))
                 raise
             self._broadcast(("done", value))
@@ -171,22 +170,40 @@ class Workers:
         import torch.distributed as distributed
 
         box = [outcome]
-        distributed.broadcast_object_list(box, src=0, group=self.control)
+        with self._together():
+            distributed.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
     def _gather(self, item: Any) -> list[Any]:
         import torch.distributed as distributed
 
         items: list[Any] = [None] * self.world_size
-        distributed.all_gather_object(items, item, group=self.control)
+        with self._together():
+            distributed.all_gather_object(items, item, group=self.control)
         return items
+
+    def _together(self) -> Any:
+        """Where every worker waits for the others: a lost one becomes :class:`WorkerLost`."""
+        return self.stop_if_one_is_lost(lambda: "run the same command again")
 
     def barrier(self) -> None:
         """Wait until every worker has reached this point."""
         if self.world_size > 1:
             import torch.distributed as distributed
 
-            distributed.barrier(group=self.control)
+            with self._together():
+                distributed.barrier(group=self.control)
+
+    def add_up(self, values: Any) -> Any:
+        """``values`` (a CPU tensor) summed over the workers."""
+        if self.world_size == 1:
+            return values
+        import torch.distributed as distributed
+
+        values = values.clone()
+        with self._together():
+            distributed.all_reduce(values, group=self.control)
+        return values
 
     def check_same(self, what: str, digest: str) -> None:
         """Refuse to train unless every worker built the same ``what`` (compared by digest).
