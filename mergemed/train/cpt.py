@@ -114,8 +114,12 @@ def _trainer(session: TrainingSession, prepared: _Prepared, progress: bool) -> A
         ]
         for name, packed in data.held_out.items()
     }
-    every = config.training.eval_steps
-    trainer.add_callback(held_out_callback(trainer, held_out, session.workers, every))
+    training = config.training
+    trainer.add_callback(
+        held_out_callback(
+            trainer, held_out, session.workers, training.eval_steps, training.micro_batch_size
+        )
+    )
     return quiet_trainer(trainer, progress)
 
 

@@ -202,8 +202,12 @@ def _trainer(session: TrainingSession, data: _Data, progress: bool) -> Any:
             ) from None
         raise
     held_out = {"": data.held_out.examples} if data.held_out.examples else {}
-    every = config.training.eval_steps
-    trainer.add_callback(held_out_callback(trainer, held_out, session.workers, every))
+    training = config.training
+    trainer.add_callback(
+        held_out_callback(
+            trainer, held_out, session.workers, training.eval_steps, training.micro_batch_size
+        )
+    )
     return quiet_trainer(trainer, progress)
 
 

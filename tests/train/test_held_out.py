@@ -34,5 +34,7 @@ def test_held_out_loss_is_the_mean_over_every_labelled_token(tiny_eval_models) -
     assert abs(expected - per_sequence) > 1e-4  # the two means differ here
 
     model.train()
-    assert held_out_loss(model, examples, Workers()) == pytest.approx(expected, abs=1e-5)
+    for batch_size in (1, 2, 3):  # one at a time, or padded to the longest of a batch
+        loss = held_out_loss(model, examples, Workers(), batch_size)
+        assert loss == pytest.approx(expected, abs=1e-5), batch_size
     assert model.training  # left as it was found
