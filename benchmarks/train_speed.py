@@ -256,6 +256,7 @@ def main() -> None:
     model = arguments.model or ensure_smollm2(WORK / "models" / "smollm2-135m-instruct")
     scratch = Path(tempfile.mkdtemp(prefix="train-speed-"))
     steps, repeats = arguments.steps, arguments.repeats
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure
     rows = {}
     if arguments.only in (None, "trl"):
         rows |= trl_rows(model, scratch, steps, repeats)
@@ -283,12 +284,18 @@ def main() -> None:
         return
     from results_section import append_section
 
-    details = [
-        f"- **settings**: float32, {steps} steps, micro-batch {BATCH}, median of {repeats} "
-        f"runs; cpt: 9:1 general:medical, {SEQUENCE}-token packed sequences; sft: PubMedQA "
-        "train records, LoRA r=8 on all linear layers, completion-only loss; tokens/s over the "
-        "trainer's own train_runtime (mergemed: training.json's train_seconds)",
-    ]
+    settings = (
+        f"- **settings**: float32, {steps} steps, micro-batch {BATCH}, median of {repeats} runs"
+    )
+    settings += f"; cpt: 9:1 general:medical, {SEQUENCE}-token packed sequences"
+    if arguments.only in (None, "trl"):
+        settings += (
+            "; sft: PubMedQA train records, LoRA r=8 on all linear layers, completion-only loss"
+        )
+    settings += (
+        "; tokens/s over the trainer's own train_runtime (mergemed: training.json's train_seconds)"
+    )
+    details = [settings, f"- **load average** before the runs: {load_before:.1f} (1 min)"]
     if arguments.only in (None, "workers"):
         details.append(
             "- **workers**: the same config file; 2 workers train 2 micro-batches per step "

@@ -51,7 +51,7 @@ class TrainingSession:
     Attributes:
         config: the run's config.
         output: the model folder to write (absolute).
-        work: the hidden working folder (checkpoints, resume key, LoRA adapter).
+        work: the hidden working folder (checkpoints, resume key).
         resume_from: the checkpoint to continue from, or None to start afresh.
         workers: the processes training together (worker 0 writes the output).
     """
