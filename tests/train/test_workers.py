@@ -177,7 +177,12 @@ def cpt_runs(tiny_eval_models, tmp_path_factory) -> CPTRuns:
     root = tmp_path_factory.mktemp("cpt-workers")
     base = tiny_eval_models[0]
     oracle = cpt_config(base, root / "one", gradient_accumulation_steps=2, **CPT_STEPS)
-    train_cpt(load_train_config(oracle, "cpt"), progress=False)  # in this process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker has; on a busy machine 2 threads cost 20-40x
+    try:
+        train_cpt(load_train_config(oracle, "cpt"), progress=False)  # in this process
+    finally:
+        torch.set_num_threads(threads)
     config = root / "two.yaml"
     config.write_text(cpt_config(base, root / "two", **CPT_STEPS))
     two = launch(root / "logs", "train", "cpt", config, "-q")
