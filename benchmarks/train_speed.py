@@ -10,17 +10,22 @@ Each run is its own process, one after the other:
 * ``sft, mergemed``: ``train_sft`` on PubMedQA records rendered with the chat template,
   completion-only loss, LoRA r=8;
 * ``sft, plain trl``: trl's ``SFTTrainer`` on the same conversations in trl's
-  prompt/completion format, same LoRA, ``completion_only_loss=True``.
+  prompt/completion format, same LoRA, ``completion_only_loss=True``;
+* ``cpt, mergemed, 1 worker`` / ``2 workers``: ``mergemed train cpt`` with the same config
+  file, as one process (torch's default threads, and one thread) and as 2 workers under
+  ``python -m torch.distributed.run`` (gloo, one thread each, as torchrun sets); 2 workers
+  train 2 micro-batches per step, so tokens/s is the figure to compare.
 
 Throughput is the tokens trained divided by the trainer's own ``train_runtime`` (set-up not
 counted): packed sequences x length for CPT, trl's ``num_tokens`` for SFT. Both run in
 float32 without gradient checkpointing (trl's own defaults turn both bf16, which on a CPU
 means autocast and a ~6x slower GEMM, and checkpointing on).
 Target: mergemed
-≥ 0.95× plain trl. Also prints the padding waste of mergemed's packing. Appends to
-``benchmarks/RESULTS.md``. The model is SmolLM2-135M-Instruct (see ``eval_speed.py``), float32.
+≥ 0.95× plain trl. Also prints the padding waste of mergemed's packing. Each row is the median
+of ``--repeats`` runs. Appends to ``benchmarks/RESULTS.md``. The model is SmolLM2-135M-Instruct
+(see ``eval_speed.py``), float32.
 
-    .venv/bin/python benchmarks/train_speed.py [--steps 8]
+    .venv/bin/python benchmarks/train_speed.py [--steps 8] [--repeats 3] [--only trl|workers]
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # eval_speed, results_section
@@ -166,72 +173,134 @@ def run_trl(kind: str, model: str, output: str, steps: int) -> dict:
     return {"tokens": tokens, "seconds": result.metrics["train_runtime"]}
 
 
+def run_workers(model: str, output: Path, steps: int, workers: int, threads: str | None) -> dict:
+    """``mergemed train cpt`` from a config file, as 1 process or N workers (torchrun)."""
+    config = output.with_suffix(".yaml")
+    config.write_text(yaml.safe_dump(_config("cpt", model, str(output), steps)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
+    command = [sys.executable, "-m", "mergemed", "train", "cpt", str(config), "-q"]
+    if workers > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command = [*launcher, f"--nproc_per_node={workers}", *command[1:]]
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    report = json.loads((output / "training.json").read_text())
+    tokens = report["steps"] * workers * BATCH * SEQUENCE
+    return {"tokens": tokens, "seconds": report["train_seconds"], "waste": report["padding_waste"]}
+
+
 def child() -> None:
     which, kind, model, output, steps, out = sys.argv[2:8]
     runner = run_mergemed if which == "mergemed" else run_trl
     Path(out).write_text(json.dumps(runner(kind, model, output, int(steps))))
 
 
+def median_row(runs: list[dict]) -> dict:
+    """The run of median tokens/s (its tokens, seconds and waste), with every rate."""
+    ordered = sorted(runs, key=lambda r: r["tokens"] / r["seconds"])
+    return {**ordered[len(ordered) // 2], "rates": [r["tokens"] / r["seconds"] for r in runs]}
+
+
+def trl_rows(model: Path, scratch: Path, steps: int, repeats: int) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rows = {}
+    for kind in ("cpt", "sft"):
+        for which in ("mergemed", "trl"):
+            runs = []
+            for repeat in range(repeats):
+                out = scratch / f"{kind}-{which}-{repeat}.json"
+                print(f"running {kind}, {which} ({repeat + 1}/{repeats}) ...", flush=True)
+                child_args = [which, kind, str(model), str(scratch / f"{kind}-{which}-{repeat}")]
+                subprocess.run(
+                    [sys.executable, __file__, "_child", *child_args, str(steps), str(out)],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+                runs.append(json.loads(out.read_text()))
+            label = "mergemed" if which == "mergemed" else "plain trl"
+            rows[f"{kind}, {label}"] = median_row(runs)
+    return rows
+
+
+WORKER_RUNS = (
+    ("cpt, mergemed, 1 worker (torch's threads)", 1, None),
+    ("cpt, mergemed, 1 worker (1 thread)", 1, "1"),
+    ("cpt, mergemed, 2 workers (torchrun, 1 thread each)", 2, None),
+)
+
+
+def worker_rows(model: Path, scratch: Path, steps: int, repeats: int) -> dict:
+    rows = {}
+    for label, workers, threads in WORKER_RUNS:
+        runs = []
+        for repeat in range(repeats):
+            print(f"running {label} ({repeat + 1}/{repeats}) ...", flush=True)
+            output = scratch / f"workers-{workers}-{threads}-{repeat}"
+            runs.append(run_workers(str(model), output, steps, workers, threads))
+        rows[label] = median_row(runs)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("trl", "workers"), default=None)
     parser.add_argument("--no-record", action="store_true")
     arguments = parser.parse_args()
     from eval_speed import WORK, ensure_smollm2
 
     model = arguments.model or ensure_smollm2(WORK / "models" / "smollm2-135m-instruct")
     scratch = Path(tempfile.mkdtemp(prefix="train-speed-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    steps, repeats = arguments.steps, arguments.repeats
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure
     rows = {}
-    for kind in ("cpt", "sft"):
-        for which in ("mergemed", "trl"):
-            out = scratch / f"{kind}-{which}.json"
-            print(f"running {kind}, {which} ...", flush=True)
-            subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "_child",
-                    which,
-                    kind,
-                    str(model),
-                    str(scratch / f"{kind}-{which}"),
-                    str(arguments.steps),
-                    str(out),
-                ],
-                env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            rows[(kind, which)] = json.loads(out.read_text())
+    if arguments.only in (None, "trl"):
+        rows |= trl_rows(model, scratch, steps, repeats)
+    if arguments.only in (None, "workers"):
+        rows |= worker_rows(model, scratch, steps, repeats)
     lines = [
-        "| run | tokens | train s | tokens/s | vs plain trl | padding waste |",
-        "|---|---|---|---|---|---|",
+        "| run | tokens | train s | tokens/s (median) | every run's tokens/s | vs plain trl "
+        "| padding waste |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for kind in ("cpt", "sft"):
-        trl_rate = rows[(kind, "trl")]["tokens"] / rows[(kind, "trl")]["seconds"]
-        for which in ("mergemed", "trl"):
-            row = rows[(kind, which)]
-            rate = row["tokens"] / row["seconds"]
-            waste = f"{row['waste']:.2%}" if "waste" in row else "-"
-            lines.append(
-                f"| {kind}, {'mergemed' if which == 'mergemed' else 'plain trl'} | "
-                f"{row['tokens']:,.0f} | {row['seconds']:.1f} | {rate:,.0f} | "
-                f"{rate / trl_rate:.3f}x | {waste} |"
-            )
+    for label, row in rows.items():
+        rate = row["tokens"] / row["seconds"]
+        kind = label.split(",")[0]
+        trl = rows.get(f"{kind}, plain trl")
+        versus = f"{rate / (trl['tokens'] / trl['seconds']):.3f}x" if trl else "-"
+        waste = f"{row['waste']:.2%}" if "waste" in row else "-"
+        every = ", ".join(f"{r:,.0f}" for r in row["rates"])
+        lines.append(
+            f"| {label} | {row['tokens']:,.0f} | {row['seconds']:.1f} | {rate:,.0f} | {every} "
+            f"| {versus} | {waste} |"
+        )
     table = "\n".join(lines)
     print(table)
     if arguments.no_record:
         return
     from results_section import append_section
 
-    details = [
-        f"- **settings**: float32, {arguments.steps} steps, micro-batch {BATCH}; cpt: 9:1 "
-        f"general:medical, {SEQUENCE}-token packed sequences; sft: PubMedQA train records, "
-        "LoRA r=8 on all linear layers, completion-only loss; tokens/s over the trainer's own "
-        "train_runtime",
-    ]
+    settings = (
+        f"- **settings**: float32, {steps} steps, micro-batch {BATCH}, median of {repeats} runs"
+    )
+    settings += f"; cpt: 9:1 general:medical, {SEQUENCE}-token packed sequences"
+    if arguments.only in (None, "trl"):
+        settings += (
+            "; sft: PubMedQA train records, LoRA r=8 on all linear layers, completion-only loss"
+        )
+    settings += (
+        "; tokens/s over the trainer's own train_runtime (mergemed: training.json's train_seconds)"
+    )
+    details = [settings, f"- **load average** before the runs: {load_before:.1f} (1 min)"]
+    if arguments.only in (None, "workers"):
+        details.append(
+            "- **workers**: the same config file; 2 workers train 2 micro-batches per step "
+            "(gloo on the CPU) and share this machine's cores with each other"
+        )
     print(f"appended to {append_section(f'training speed, {model.name}, cpu', details, table)}")
 
 

@@ -3,7 +3,8 @@
 The folder is built in a hidden partial folder beside the output (weights, tokenizer,
 ``config.yaml`` with every default spelled out, ``training.json`` and ``loss.png``), then
 renamed into place by :func:`mergemed.atomic.replace_folder`, so the output is either the old
-folder or the whole new one; the working folder goes last.
+folder or the whole new one; the working folder goes last. With several workers, worker 0
+alone does all this, after every worker has finished; the others wait for its outcome.
 """
 
 from __future__ import annotations
@@ -47,34 +48,41 @@ def _readable_by_all(folder: Path) -> None:
 
 def write_trained_model(
     session: TrainingSession,
-    save_weights: Callable[[str], Any],
+    save_weights: Callable[[Path], Any],
     tokenizer: Any,
     report: dict[str, Any],
-    adapter_folder: Path | None = None,
 ) -> None:
     """Write the trained model, its config and report, rename it into place, and remove the
-    working folder.
+    working folder. Every worker calls this once training has ended on all of them; worker 0
+    writes, the others wait for it.
 
     Args:
-        session: the run (its config, output and working folder).
-        save_weights: writes the model into the folder it is given: the trainer's
-            ``save_model``, or ``save_pretrained`` of a model (e.g. LoRA merged into full
-            weights).
+        session: the run (its config, output, working folder and workers).
+        save_weights: writes the model into the folder it is given (called on worker 0 only):
+            ``save_pretrained`` of the trained model, or of LoRA merged into full weights
+            after writing the adapter to ``adapter/``.
         tokenizer: saved beside the weights.
         report: written as ``training.json`` (with ``loss.png`` from its loss curves).
-        adapter_folder: a LoRA adapter to keep as ``adapter/``, for reference.
 
     Raises:
         OutputError: the folder cannot be moved into place (the old output is kept).
+        FollowerStopped: on the other workers, when worker 0 failed to write.
     """
+    session.workers.decide(lambda: _write(session, save_weights, tokenizer, report))
+
+
+def _write(
+    session: TrainingSession,
+    save_weights: Callable[[Path], Any],
+    tokenizer: Any,
+    report: dict[str, Any],
+) -> None:
     output = session.output
     partial = partial_folder(output)
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        save_weights(str(partial))
+        save_weights(partial)
         (partial / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml says it all
-        if adapter_folder is not None:
-            shutil.copytree(adapter_folder, partial / "adapter")  # the LoRA weights, for reference
         tokenizer.save_pretrained(str(partial))
         (partial / "config.yaml").write_text(session.config.to_yaml())
         write_report(partial, report)

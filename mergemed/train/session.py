@@ -7,6 +7,9 @@ its checkpoints go to ``.<output>.mergemed-training/`` beside the output, with
 last checkpoint; a different config is refused while a checkpoint exists. A working folder
 that holds no checkpoint (a run that failed before its first) holds nothing worth keeping: it
 never blocks a run, and a run that fails before its first checkpoint removes it.
+
+With several workers (:mod:`mergemed.train.workers`) only worker 0 locks, prepares and removes
+anything; the others learn from it where the working folder is and what to resume.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,14 @@ from mergemed.errors import MergemedError
 from mergemed.outputs import OutputLock, check_replaceable
 from mergemed.train.config import TrainConfig
 from mergemed.train.sources import HUB_PREFIX
+from mergemed.train.workers import Workers
 
 RESUME_KEY_FILE = "resume_key.json"
 """In the working folder: the resume key of the config its checkpoints belong to."""
+
+CHECKPOINT_DONE_FILE = "trainer_state.json"
+"""The file the Trainer writes last into a checkpoint (after the weights, the optimizer and
+every worker's share): a checkpoint without it was cut short and is not resumed from."""
 
 OVERWRITE_OPTION = "output.overwrite"
 """The config key that allows replacing an existing output, as messages name it."""
@@ -43,14 +51,16 @@ class TrainingSession:
     Attributes:
         config: the run's config.
         output: the model folder to write (absolute).
-        work: the hidden working folder (checkpoints, resume key, LoRA adapter).
+        work: the hidden working folder (checkpoints, resume key).
         resume_from: the checkpoint to continue from, or None to start afresh.
+        workers: the processes training together (worker 0 writes the output).
     """
 
     config: TrainConfig
     output: Path
     work: Path
     resume_from: str | None
+    workers: Workers = field(default_factory=Workers)
 
 
 def output_folder(config: TrainConfig) -> Path:
@@ -64,11 +74,18 @@ def working_folder(output: Path) -> Path:
 
 
 def last_checkpoint(work: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder under ``work/checkpoints``, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete ``checkpoint-N`` folder under ``work/checkpoints``, or None (one
+    that a kill cut short, without :data:`CHECKPOINT_DONE_FILE`, does not count)."""
     checkpoints = work / "checkpoints"
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if not checkpoints.is_dir():
+        return None
+    complete = [
+        (int(folder.name.removeprefix("checkpoint-")), folder)
+        for folder in checkpoints.glob("checkpoint-*")
+        if folder.name.removeprefix("checkpoint-").isdigit()
+        and (folder / CHECKPOINT_DONE_FILE).is_file()
+    ]
+    return str(max(complete)[1]) if complete else None
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
@@ -81,11 +98,24 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
     return None if old == new else f"{path}: {old!r} in the checkpoint, {new!r} now"
 
 
-def prepare_working_folder(config: TrainConfig, output: Path) -> tuple[Path, str | None]:
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The step a ``checkpoint-N`` folder was saved at (0 for None: a fresh start)."""
+    return int(Path(checkpoint).name.removeprefix("checkpoint-")) if checkpoint else 0
+
+
+def resume_key(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    """What a checkpoint must share with a run to be resumed by it: the config's resume key
+    and the number of workers (which sets the global batch and the data drawn)."""
+    return {**config.resume_key(), "world_size": world_size}
+
+
+def prepare_working_folder(
+    config: TrainConfig, output: Path, world_size: int = 1
+) -> tuple[Path, str | None]:
     """The hidden folder holding checkpoints, and the checkpoint to resume from (if any).
 
-    The folder is created, with the config's resume key, when it holds no checkpoint (a key
-    left by a run that failed before its first checkpoint is replaced).
+    The folder is created, with the resume key (:func:`resume_key`), when it holds no
+    checkpoint (a key left by a run that failed before its first checkpoint is replaced).
 
     Raises:
         TrainError: the output exists (without ``output.overwrite``), or the folder holds
@@ -95,10 +125,10 @@ def prepare_working_folder(config: TrainConfig, output: Path) -> tuple[Path, str
         raise TrainError(f"{output}: output folder exists; set {OVERWRITE_OPTION}: true")
     work = working_folder(output)
     key_file = work / RESUME_KEY_FILE
-    key = config.resume_key()
+    key = resume_key(config, world_size)
     last = last_checkpoint(work)
     if last is not None and key_file.is_file():
-        stored = json.loads(key_file.read_text())
+        stored = {"world_size": 1, **json.loads(key_file.read_text())}  # older keys: 1 worker
         difference = _first_difference(stored, key)
         if difference:
             raise TrainError(
@@ -128,9 +158,11 @@ def discard_if_no_checkpoint(work: Path) -> None:
 
 
 @contextmanager
-def training_session(config: TrainConfig) -> Iterator[TrainingSession]:
+def training_session(
+    config: TrainConfig, workers: Workers = Workers()
+) -> Iterator[TrainingSession]:
     """Hold the config's output for the length of a ``with`` block: lock it, check that it may
-    be replaced, and prepare the working folder.
+    be replaced, and prepare the working folder (worker 0 does; the others learn the outcome).
 
     If the block fails before the first checkpoint was written, the working folder is
     removed; after that it is kept, so that the same command resumes.
@@ -139,14 +171,21 @@ def training_session(config: TrainConfig) -> Iterator[TrainingSession]:
         OutputError: another run holds the output, or replacing it would destroy an input of
             this run (its model folder or a data file).
         TrainError: as :func:`prepare_working_folder`.
+        FollowerStopped: on workers other than 0, when worker 0 could not prepare.
     """
     output = output_folder(config)
-    with OutputLock(output):
-        if output.exists() and config.output.overwrite:
-            check_replaceable(output, training_inputs(config), option=OVERWRITE_OPTION)
-        work, resume_from = prepare_working_folder(config, output)
+    with ExitStack() as held:
+
+        def prepare() -> tuple[Path, str | None]:
+            held.enter_context(OutputLock(output))
+            if output.exists() and config.output.overwrite:
+                check_replaceable(output, training_inputs(config), option=OVERWRITE_OPTION)
+            return prepare_working_folder(config, output, workers.world_size)
+
+        work, resume_from = workers.decide(prepare)
         try:
-            yield TrainingSession(config, output, work, resume_from)
+            yield TrainingSession(config, output, work, resume_from, workers)
         except BaseException:
-            discard_if_no_checkpoint(work)
+            if workers.is_main:
+                discard_if_no_checkpoint(work)
             raise

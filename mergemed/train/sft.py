@@ -5,6 +5,8 @@ question/reasoning/answer, prompt/completion, or PubMedQA), renders them with th
 chat template and marks the completion tokens (:func:`mergemed.train.sft_records.tokenize_sft`); trl
 trains with its completion-only loss, NEFTune noise (``training.neftune_noise_alpha``) and
 LoRA adapters through peft, which are merged into full weights when the model is written.
+Launched as N workers, each trains on its own share of every global batch and worker 0 writes
+the one output (:mod:`mergemed.train.workers`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 
 import torch
 
-from mergemed.train.config import TrainConfig, load_train_config
+from mergemed.train.config import TrainConfig
 from mergemed.train.export import TrainResult, write_trained_model
+from mergemed.train.held_out import held_out_callback
 from mergemed.train.mixing import split_held_out
 from mergemed.train.session import (
     TrainError,
     TrainingSession,
+    checkpoint_step,
     output_folder,
     prepare_working_folder,
     training_session,
@@ -35,11 +39,16 @@ from mergemed.train.sft_records import (
 )
 from mergemed.train.trainer_setup import (
     check_sequence_length,
+    checked_config,
+    full_state_dict,
     load_model,
     load_tokenizer,
+    quiet_trainer,
+    run_trainer,
     training_arguments,
 )
 from mergemed.train.training_report import loss_curves
+from mergemed.train.workers import data_digest, join_workers
 
 
 def read_records(config: TrainConfig) -> list[Any]:
@@ -121,17 +130,33 @@ def prepare_sft(
     Raises:
         MergemedError: bad config, records, model or LoRA targets.
     """
-    from trl import SFTConfig, SFTTrainer
-
     if session is not None:
         config = session.config
-    elif not isinstance(config, TrainConfig):
-        config = load_train_config(config, "sft")
-    quantization = _check_quantization(config)
-    if session is None:
+    else:
+        config = checked_config(config, "sft")
         output = output_folder(config)
         session = TrainingSession(config, output, *prepare_working_folder(config, output))
-    work = session.work
+    workers = session.workers
+    data = workers.agree(lambda: _read_data(config))
+    workers.check_same("data", data_digest(data.train.examples, data.held_out.examples))
+    trainer = workers.agree(lambda: _trainer(session, data, progress))
+    return SFTRun(
+        session, trainer, data.tokenizer, data.train, data.held_out, data.records, data.base_folder
+    )
+
+
+@dataclass
+class _Data:
+    tokenizer: Any
+    base_folder: str
+    train: SFTData
+    held_out: SFTData
+    records: int
+
+
+def _read_data(config: TrainConfig) -> _Data:
+    """The tokenizer, and the records split and tokenized."""
+    _check_quantization(config)
     tokenizer, base_folder = load_tokenizer(config)
     records = read_records(config)
     seed = config.training.seed
@@ -141,17 +166,23 @@ def prepare_sft(
     held = tokenize_sft(held_records, tokenizer, length, name=str(config.data.path))
     if not train.examples:
         raise TrainError(f"{config.data.path}: no training record fits data.sequence_length")
+    return _Data(tokenizer, base_folder, train, held, len(records))
 
-    model = load_model(config, base_folder, **quantization)
+
+def _trainer(session: TrainingSession, data: _Data, progress: bool) -> Any:
+    """The model loaded and trl's trainer built on the data."""
+    from trl import SFTConfig, SFTTrainer
+
+    config = session.config
+    model = load_model(config, data.base_folder, **_check_quantization(config))
     check_sequence_length(config, model)
     arguments = training_arguments(
         config,
-        work,
-        bool(held.examples),
+        session.work,
         progress,
         SFTConfig,
         completion_only_loss=True,
-        max_length=length,
+        max_length=config.data.sequence_length,
         packing=False,
         dataset_kwargs={"skip_prepare_dataset": True},
     )
@@ -159,9 +190,8 @@ def prepare_sft(
         trainer = SFTTrainer(
             model=model,
             args=arguments,
-            train_dataset=train.to_dataset(),  # labels: -100 on every prompt token
-            eval_dataset=held.to_dataset() if held.examples else None,
-            processing_class=tokenizer,
+            train_dataset=data.train.to_dataset(),  # labels: -100 on every prompt token
+            processing_class=data.tokenizer,
             peft_config=lora_config(config),
         )
     except ValueError as error:
@@ -171,12 +201,26 @@ def prepare_sft(
                 f"{config.model.path!r}"
             ) from None
         raise
-    return SFTRun(session, trainer, tokenizer, train, held, len(records), base_folder)
+    held_out = {"": data.held_out.examples} if data.held_out.examples else {}
+    training = config.training
+    trainer.add_callback(
+        held_out_callback(
+            trainer, held_out, session.workers, training.eval_steps, training.micro_batch_size
+        )
+    )
+    return quiet_trainer(trainer, progress)
 
 
-def _tokens_seen(trainer: Any) -> float:
-    """Tokens trl counted through training (prompt and completion, no padding)."""
-    counts = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+def _tokens_seen(trainer: Any, resumed_from: str | None) -> float:
+    """Tokens trl counted in this run, on every worker (prompt and completion, no padding).
+    trl counts from 0 in each run, resumed or not: entries logged before the checkpoint the
+    run resumed from are another run's."""
+    start = checkpoint_step(resumed_from)
+    counts = [
+        e["num_tokens"]
+        for e in trainer.state.log_history
+        if "num_tokens" in e and e.get("step", 0) > start
+    ]
     return float(counts[-1]) if counts else 0.0
 
 
@@ -192,11 +236,11 @@ def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
             left as output.
     """
     started = time.time()
-    if not isinstance(config, TrainConfig):
-        config = load_train_config(config, "sft")
-    with training_session(config) as session:
-        run = prepare_sft(config, progress=progress, session=session)
-        steps, report = _train(run)
+    with join_workers() as workers:
+        checked = workers.agree(lambda: checked_config(config, "sft"))
+        with training_session(checked, workers) as session:
+            run = prepare_sft(checked, progress=progress, session=session)
+            steps, report = _train(run)
     return TrainResult(
         output=session.output, seconds=time.time() - started, steps=steps, report=report
     )
@@ -205,21 +249,16 @@ def train_sft(config: TrainConfig | str | Path, *, progress: bool = True) -> Tra
 def _train(run: SFTRun) -> tuple[int, dict[str, Any]]:
     """Train, merge LoRA in, and write the model: the steps taken and the report."""
     config, trainer, session = run.config, run.trainer, run.session
-    begin = time.time()
-    result = trainer.train(resume_from_checkpoint=session.resume_from)
-    seconds = time.time() - begin
+    result, seconds = run_trainer(trainer, session)
+    state_dict = full_state_dict(trainer)
     steps = int(result.global_step)
-    trained = trainer.model
-    adapter_folder = None
-    if config.lora is not None:
-        adapter_folder = session.work / "adapter"
-        trained.save_pretrained(str(adapter_folder))  # before merging, which unloads it
-        trained = trained.merge_and_unload()
+    tokens = _tokens_seen(trainer, session.resume_from)
     report = {
         "kind": "sft",
         "base_model": config.model.path,
         "base_model_folder": run.base_folder,
         "steps": steps,
+        "world_size": session.workers.world_size,
         "resumed_from": session.resume_from,
         "records": run.records,
         "train_examples": len(run.train.examples),
@@ -229,9 +268,17 @@ def _train(run: SFTRun) -> tuple[int, dict[str, Any]]:
         "neftune_noise_alpha": config.training.neftune_noise_alpha,
         "lora": config.lora.model_dump() if config.lora else None,
         "train_seconds": round(seconds, 3),
-        "tokens_per_second": round(_tokens_seen(trainer) / seconds, 1) if seconds else None,
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
         "final_train_loss": result.training_loss,
         "loss_curves": loss_curves(trainer.state.log_history),
     }
-    write_trained_model(session, trained.save_pretrained, run.tokenizer, report, adapter_folder)
+
+    def save_weights(folder: Path) -> None:
+        trained = trainer.model
+        if config.lora is not None:
+            trained.save_pretrained(str(folder / "adapter"))  # before merging, which unloads it
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(str(folder), state_dict=state_dict)
+
+    write_trained_model(session, save_weights, run.tokenizer, report)
     return steps, report

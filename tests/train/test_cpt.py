@@ -88,6 +88,7 @@ def test_resuming_with_another_config_is_refused(tiny_eval_models, tmp_path: Pat
     output = tmp_path / "out"
     working = tmp_path / ".out.mergemed-training"
     (working / "checkpoints" / "checkpoint-10").mkdir(parents=True)
+    (working / "checkpoints" / "checkpoint-10" / "trainer_state.json").write_text("{}")
     first = load_train_config(cpt_config(base, output), "cpt")
     (working / "resume_key.json").write_text(json.dumps(first.resume_key()))
     changed = load_train_config(cpt_config(base, output, learning_rate=5e-4), "cpt")

@@ -14,6 +14,7 @@ from mergemed.train.config import TrainConfig, load_train_config
 from mergemed.train.session import (
     TrainError,
     prepare_working_folder,
+    resume_key,
     training_inputs,
     training_session,
     working_folder,
@@ -39,9 +40,12 @@ def config(tmp_path: Path, learning_rate: float = 1e-3, **output: object) -> Tra
     )
 
 
-def checkpoint(work: Path, step: int) -> Path:
+def checkpoint(work: Path, step: int, complete: bool = True) -> Path:
+    """A checkpoint folder; ``complete``: with the file the Trainer writes last."""
     path = work / "checkpoints" / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
     return path
 
 
@@ -50,7 +54,8 @@ def test_a_fresh_run_gets_a_working_folder_with_its_resume_key(tmp_path: Path) -
     work, resume_from = prepare_working_folder(settings, tmp_path / "out")
     assert work == tmp_path / ".out.mergemed-training" == working_folder(tmp_path / "out")
     assert resume_from is None
-    assert json.loads((work / "resume_key.json").read_text()) == settings.resume_key()
+    assert json.loads((work / "resume_key.json").read_text()) == resume_key(settings, 1)
+    assert resume_key(settings, 1) == {**settings.resume_key(), "world_size": 1}
 
 
 def test_the_last_checkpoint_of_the_same_config_is_resumed(tmp_path: Path) -> None:
@@ -59,6 +64,21 @@ def test_the_last_checkpoint_of_the_same_config_is_resumed(tmp_path: Path) -> No
     checkpoint(work, 5)
     newest = checkpoint(work, 10)
     assert prepare_working_folder(settings, tmp_path / "out") == (work, str(newest))
+    checkpoint(work, 15, complete=False)  # killed while it was written: not resumed from
+    assert prepare_working_folder(settings, tmp_path / "out") == (work, str(newest))
+
+
+def test_checkpoints_of_another_number_of_workers_are_refused(tmp_path: Path) -> None:
+    settings = config(tmp_path)
+    work, _ = prepare_working_folder(settings, tmp_path / "out", world_size=2)
+    checkpoint(work, 10)
+    with pytest.raises(TrainError, match="world_size: 2 in the checkpoint, 1 now"):
+        prepare_working_folder(settings, tmp_path / "out")
+    # A key written before the number of workers was recorded is a one-worker run's.
+    (work / "resume_key.json").write_text(json.dumps(settings.resume_key()))
+    assert prepare_working_folder(settings, tmp_path / "out")[1] is not None
+    with pytest.raises(TrainError, match="world_size: 1 in the checkpoint, 2 now"):
+        prepare_working_folder(settings, tmp_path / "out", world_size=2)
 
 
 def test_checkpoints_of_another_config_are_refused(tmp_path: Path) -> None:
@@ -72,7 +92,7 @@ def test_a_working_folder_without_checkpoints_never_blocks_a_run(tmp_path: Path)
     work, _ = prepare_working_folder(config(tmp_path), tmp_path / "out")  # then it failed
     changed = config(tmp_path, learning_rate=5e-4)
     assert prepare_working_folder(changed, tmp_path / "out") == (work, None)
-    assert json.loads((work / "resume_key.json").read_text()) == changed.resume_key()
+    assert json.loads((work / "resume_key.json").read_text()) == resume_key(changed, 1)
 
 
 def test_an_existing_output_needs_overwrite(tmp_path: Path) -> None:
