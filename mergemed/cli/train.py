@@ -88,7 +88,8 @@ def train_cpt(
     console.print(
         f"[green]trained[/] {result.steps} steps{_workers(report)} in {result.seconds:.1f} s "
         f"({report['tokens_per_second']:,} tokens/s; tokens: {escape(mix)}; padding "
-        f"{report['padding_waste']:.1%}) -> [bold]{escape(str(result.output))}[/]"
+        f"{report['padding_waste']:.1%}) -> [bold]{escape(str(result.output))}[/]",
+        soft_wrap=True,
     )
 
 
@@ -108,5 +109,6 @@ def train_sft(
     console.print(
         f"[green]trained[/] {result.steps} steps{_workers(report)} in {result.seconds:.1f} s "
         f"({report['train_examples']} examples, {report['completion_tokens']:,} completion "
-        f"tokens, {report['dropped_too_long']} too long) -> [bold]{escape(str(result.output))}[/]"
+        f"tokens, {report['dropped_too_long']} too long) -> [bold]{escape(str(result.output))}[/]",
+        soft_wrap=True,
     )
