@@ -11,6 +11,7 @@ type the gguf package cannot dequantize).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ def _tokenizer_fields(folder: Path) -> dict[str, Any]:
     return {"tokens": tokens, "types": types, "merges": merges, "add_bos": adds_bos}
 
 
-def write_llama_gguf(model_dir: str | Path, path: str | Path, *, storage: str = "F32") -> Path:
+def write_llama_gguf(
+    model_dir: str | Path, path: str | Path, *, storage: str = "F32", drop: Collection[str] = ()
+) -> Path:
     """Write a Llama safetensors folder as a GGUF file, as llama.cpp's converter would.
 
     Args:
@@ -60,6 +63,7 @@ def write_llama_gguf(model_dir: str | Path, path: str | Path, *, storage: str = 
         path: the ``.gguf`` file to write.
         storage: ``F32`` (exact) or a quantization type the gguf package can quantize
             (``Q8_0``) for the 2-D weights; norms stay ``F32``, as llama.cpp keeps them.
+        drop: tensors (transformers names) to leave out, making an incomplete file.
 
     Returns:
         ``path``.
@@ -109,7 +113,7 @@ def write_llama_gguf(model_dir: str | Path, path: str | Path, *, storage: str = 
     quantization = gguf.GGMLQuantizationType[storage]
     tensors = load_file(folder / "model.safetensors")
     for name, value in tensors.items():
-        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+        if name in drop or (name == "lm_head.weight" and config.get("tie_word_embeddings")):
             continue
         stem, suffix = name.rsplit(".", 1)
         target = names.get_name(stem)

@@ -54,6 +54,7 @@ def collect(study: Any, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "significant": member["significant"],
                 }
         row["skipped"] = data["models"][label]["skipped_tasks"]
+        row["task_seconds"] = data.get("study", {}).get("task_seconds", {})
         summary = data["summary"]
         row["domain_gain"] = summary.get("domain_gain")
         row["forgetting"] = summary.get("forgetting")
@@ -140,6 +141,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     panels[0].axvline(0, c="0.8", lw=0.6)
     for kind, colour in colours.items():
         panels[0].plot([], [], "o", c=colour, label=kind)
+    for ratio, marker in markers.items():
+        if ratio:
+            panels[0].plot([], [], marker, c="0.5", label=f"general:medical {ratio}")
     panels[0].legend(fontsize=7, loc="best")
     medical = [r for r in placed if (r["scores"].get("pubmedqa_ppl") or {}).get("value")]
     base = next((r for r in rows if r["kind"] == "parent"), None)

@@ -336,15 +336,22 @@ class Study:
         path = self.eval_path(entry["name"])
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
+        seconds: dict[str, float] = {}
+
+        def on_event(event: str, details: dict[str, Any]) -> None:
+            if event == "task_done":
+                seconds[f"{details['label']}/{details['task']}"] = round(details["seconds"], 1)
+
         report = evaluate(
             folder,
             against=against,
             store=self.work / "results.sqlite",
             json_path=partial,
+            on_event=on_event,
             **self.eval_options(),
         )
         data = json.loads(partial.read_text())
-        data["study"] = {"model": entry, "options": self.eval_options()}
+        data["study"] = {"model": entry, "options": self.eval_options(), "task_seconds": seconds}
         partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
         partial.replace(path)
         self.log(f"  {entry['name']}: {report.seconds:.0f} s")

@@ -195,6 +195,10 @@ def q8_1_block() -> np.ndarray:
         ("architecture", "architecture 'nosucharch' cannot be loaded from GGUF"),
         ("quantization", "stored as Q8_1, which the gguf package cannot dequantize"),
         ("truncated", "corrupt or truncated GGUF file"),
+        (
+            "incomplete",
+            "lacks 1 tensor(s) LlamaForCausalLM needs (first: 'model.layers.1.mlp.up_proj.weight')",
+        ),
         ("exists", "output folder exists; pass --overwrite"),
         ("missing gguf", 'pip install "mergemed[gguf]"'),
     ],
@@ -220,6 +224,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
         shutil.copy(tiny_llamas / "untied-F32.gguf", source)
         with source.open("r+b") as handle:
             handle.truncate(source.stat().st_size // 2)
+    elif case == "incomplete":
+        dropped = {"model.layers.1.mlp.up_proj.weight"}
+        write_llama_gguf(tiny_llamas / "untied", source, drop=dropped)
     elif case == "exists":
         shutil.copy(tiny_llamas / "untied-F32.gguf", source)
         output.mkdir()
