@@ -337,7 +337,9 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
     def group(prefix: str) -> float:
         return sum(v for k, v in timings.items() if k.startswith(prefix))
 
-    options = study.eval_options()
+    from design import eval_options
+
+    options = eval_options(study.settings)
     evaluate_flags = (
         f"--tasks {','.join(options['tasks'])}"
         + (f" --limit {s.limit:g}" if s.limit is not None else "")

