@@ -40,6 +40,9 @@ class Settings:
     results: Path
     gguf: Path | None = None
     limit: float | None = None
+    """Documents per task, PubMedQA excepted (None: every document)."""
+    pubmedqa_limit: float | None = None
+    """PubMedQA questions (None: the whole 500-question test split)."""
     grid_limit: float | None = 100
     cpt_tokens: int = 1_048_576
     sequence_length: int = 1024
@@ -109,12 +112,22 @@ def model_plan() -> list[dict[str, Any]]:
     return plan
 
 
+def eval_groups(settings: Settings) -> list[dict[str, Any]]:
+    """The evaluation calls of one model: tasks that share a document limit go together
+    (PubMedQA has its own, so that all 500 questions can be asked while the rest is limited)."""
+    domain = [t for t in settings.tasks if t == "mm_pubmedqa"]
+    rest = [t for t in settings.tasks if t != "mm_pubmedqa"]
+    if not domain or settings.pubmedqa_limit == settings.limit:
+        return [{"tasks": list(settings.tasks), "limit": settings.limit}]
+    groups = [{"tasks": domain, "limit": settings.pubmedqa_limit}]
+    return groups + ([{"tasks": rest, "limit": settings.limit}] if rest else [])
+
+
 def eval_options(settings: Settings) -> dict[str, Any]:
-    """``evaluate``'s options, the same for every model (one prompt format for all)."""
+    """``evaluate``'s options besides tasks and limit, the same for every model and call (one
+    prompt format for all)."""
     s = settings
     options: dict[str, Any] = {
-        "tasks": list(s.tasks),
-        "limit": s.limit,
         "chat_template": "auto",
         "gen_kwargs": f"max_gen_toks={s.max_gen_toks}",
         "dtype": "float32",

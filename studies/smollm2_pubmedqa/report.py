@@ -34,30 +34,38 @@ def _version(package: str) -> str:
 
 def collect(study: Any, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per model: its scores per member and its change from the instruct parent
-    (M − I, paired where the documents are shared)."""
+    (M − I, paired where the documents are shared), over every evaluation call of it."""
     rows = []
     for entry in plan:
         data = json.loads(study.eval_path(entry["name"]).read_text())
-        label = data["summary"]["merged"]
-        row: dict[str, Any] = {**entry, "scores": {}, "changes": {}, "skipped": {}}
-        for member in data["summary"]["per_task"]:
-            name = member["task"]
-            row["scores"][name] = member["scores"].get(label)
-            change = member.get("gain") or member.get("change") or member.get("forgetting")
-            if entry["kind"] != "parent" and change is not None:
-                flip = -1 if "forgetting" in member else 1  # forgetting is I − M; show M − I
-                row["changes"][name] = {
-                    "value": flip * change["value"] + 0.0,  # no "-0.000"
-                    "stderr": change["stderr"],
-                    "method": member["method"],
-                    "test": member["test"],
-                    "significant": member["significant"],
-                }
-        row["skipped"] = data["models"][label]["skipped_tasks"]
-        row["task_seconds"] = data.get("study", {}).get("task_seconds", {})
-        summary = data["summary"]
-        row["domain_gain"] = summary.get("domain_gain")
-        row["forgetting"] = summary.get("forgetting")
+        row: dict[str, Any] = {**entry, "scores": {}, "changes": {}, "skipped": {}, "extra": {}}
+        row["domain_gain"] = row["forgetting"] = None
+        for call in data["calls"]:
+            summary = call["summary"]
+            label = summary["merged"]
+            for member in summary["per_task"]:
+                name = member["task"]
+                row["scores"][name] = member["scores"].get(label)
+                change = member.get("gain") or member.get("change") or member.get("forgetting")
+                if entry["kind"] != "parent" and change is not None:
+                    flip = -1 if "forgetting" in member else 1  # forgetting is I − M; show M − I
+                    row["changes"][name] = {
+                        "value": flip * change["value"] + 0.0,  # no "-0.000"
+                        "stderr": change["stderr"],
+                        "method": member["method"],
+                        "test": member["test"],
+                        "significant": member["significant"],
+                    }
+            model = call["models"][label]
+            row["skipped"].update(model["skipped_tasks"])
+            results = model["lm_eval"].get("results", {})
+            for task in ("ifeval_med", "ifeval_general"):
+                value = results.get(task, {}).get("inst_level_strict_acc,none")
+                if isinstance(value, (int, float)):
+                    row["extra"][f"{task} instruction-level"] = value
+            row["domain_gain"] = row["domain_gain"] or summary.get("domain_gain")
+            row["forgetting"] = row["forgetting"] or summary.get("forgetting")
+        row["task_seconds"] = data["study"].get("task_seconds", {})
         rows.append(row)
     return rows
 
@@ -236,9 +244,14 @@ def render(study: Any, facts: dict[str, Any]) -> str:
     timings = facts["timings_seconds"]
     total = sum(timings.values())
     lines = ["# SmolLM2-135M-Instruct x PubMedQA: forgetting after CPT, recovery by merging", ""]
-    limit = "all documents" if s.limit is None else f"--limit {s.limit:g} documents per task"
+
+    def documents(limit: float | None) -> str:
+        return "all" if limit is None else f"{limit:g}"
+
     lines += [
-        f"Run with {limit}; CPT budget {s.cpt_tokens:,} tokens per model ({s.cpt_steps} steps of "
+        f"Documents per task: PubMedQA {documents(s.pubmedqa_limit)} of 500, the other tasks "
+        f"{documents(s.limit)} (a seeded, label-stratified sample, the same for every model). "
+        f"CPT budget {s.cpt_tokens:,} tokens per model ({s.cpt_steps} steps of "
         f"{s.tokens_per_step:,} tokens, learning rate {s.learning_rate:g}); "
         f"wall time {total / 3600:.2f} h on {facts['machine']['cpu_cores']} CPU cores "
         f"(GPU: {facts['machine']['gpu']}).",
@@ -252,8 +265,12 @@ def render(study: Any, facts: dict[str, Any]) -> str:
         "| model | " + " | ".join(MEMBERS[m][0] for m in members) + " |",
         "|---|" + "---|" * len(members),
     ]
+    extras = sorted({name for row in rows for name in row["extra"]})
+    lines[-2] += "".join(f" {name} |" for name in extras)
+    lines[-1] += "---|" * len(extras)
     for row in rows:
         cells = [_cell(row["scores"].get(m), 2 if m.endswith("ppl") else 3) for m in members]
+        cells += [f"{row['extra'][name]:.3f}" if name in row["extra"] else "–" for name in extras]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -269,7 +286,9 @@ def render(study: Any, facts: dict[str, Any]) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Accuracies: higher is better; the long-context column is accuracy with distractors "
+        "Accuracies: higher is better (the IFEval-style sets: prompt-level strict accuracy, "
+        "mergemed's score; their instruction-level accuracy, without stderr, is shown too); "
+        "the long-context column is accuracy with distractors "
         "minus accuracy with the gold abstract alone (lengths that fit the model, "
         f"`--max-length {s.max_length}`); perplexities: lower is better, their changes are in "
         "percent of the instruct parent's, and lm-eval gives them no stderr (not tested).",
@@ -337,16 +356,21 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
     def group(prefix: str) -> float:
         return sum(v for k, v in timings.items() if k.startswith(prefix))
 
-    from design import eval_options
+    from design import eval_groups, eval_options
 
     options = eval_options(study.settings)
-    evaluate_flags = (
-        f"--tasks {','.join(options['tasks'])}"
-        + (f" --limit {s.limit:g}" if s.limit is not None else "")
-        + f" --dtype float32 --gen-kwargs {options['gen_kwargs']}"
+    common = (
+        f" --dtype float32 --gen-kwargs {options['gen_kwargs']}"
         + (f" --max-length {s.max_length}" if s.max_length else "")
         + f" --store {work}/results.sqlite"
     )
+    evaluate_lines = [
+        f"mergemed evaluate {work}/models/<model> --against instruct={work}/models/instruct "
+        f"[--against clinical={work}/models/cpt-<ratio>] --tasks {','.join(group['tasks'])}"
+        + (f" --limit {group['limit']:g}" if group["limit"] is not None else "")
+        + common
+        for group in eval_groups(study.settings)
+    ]
     lines = [
         "## How it was made",
         "",
@@ -361,8 +385,7 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
         f"mergemed import gguf SmolLM2-135M-Instruct.Q4_1.gguf -o {work}/models/instruct",
         *[f"mergemed train cpt {work}/configs/cpt-{r}.yaml" for r in ("0-1", "1-1", "9-1")],
         f"mergemed merge {work}/recipes/<model>.yaml -o {work}/models/<model>   # 15 merges",
-        f"mergemed evaluate {work}/models/<model> --against instruct={work}/models/instruct "
-        f"[--against clinical={work}/models/cpt-<ratio>] {evaluate_flags}",
+        *evaluate_lines,
         f"mergemed grid {work}/search/grid_space.yaml",
         "```",
         "",

@@ -52,6 +52,7 @@ from design import (  # noqa: E402
     WHEEL,
     Settings,
     cpt_config,
+    eval_groups,
     eval_options,
     grid_space,
     model_plan,
@@ -88,7 +89,7 @@ class Study:
         self.log(f"[{name}] {self.timings[name]:.0f} s")
 
     def cpt_folder(self, ratio: str) -> Path:
-        return self.cpt_folder(ratio)
+        return self.work / "models" / f"cpt-{slug(ratio)}"
 
     def write_yaml(self, path: Path, data: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,31 +190,33 @@ class Study:
             if event == "task_done":
                 seconds[f"{details['label']}/{details['task']}"] = round(details["seconds"], 1)
 
-        report = evaluate(
-            folder,
-            against=against,
-            store=self.work / "results.sqlite",
-            json_path=partial,
-            on_event=on_event,
-            **eval_options(self.settings),
-        )
-        data = json.loads(partial.read_text())
-        data["study"] = {
-            "model": entry,
-            "options": eval_options(self.settings),
-            "task_seconds": seconds,
-        }
-        partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        calls, began = [], time.time()
+        for group in eval_groups(self.settings):
+            evaluate(
+                folder,
+                against=against,
+                store=self.work / "results.sqlite",
+                json_path=partial,
+                on_event=on_event,
+                **group,
+                **eval_options(self.settings),
+            )
+            calls.append(json.loads(partial.read_text()))
+        study = {"model": entry, "options": self.options_key(), "task_seconds": seconds}
+        partial.write_text(json.dumps({"calls": calls, "study": study}, indent=2, default=str))
         partial.replace(path)
-        self.log(f"  {entry['name']}: {report.seconds:.0f} s")
+        self.log(f"  {entry['name']}: {time.time() - began:.0f} s")
+
+    def options_key(self) -> dict[str, Any]:
+        """What an evaluation's results depend on besides the model (JSON-normalised)."""
+        key = {"groups": eval_groups(self.settings), "options": eval_options(self.settings)}
+        return json.loads(json.dumps(key))
 
     def evaluated(self, entry: dict[str, Any]) -> bool:
         path = self.eval_path(entry["name"])
         if not path.is_file():
             return False
-        return json.loads(path.read_text()).get("study", {}).get("options") == json.loads(
-            json.dumps(eval_options(self.settings))
-        )
+        return json.loads(path.read_text()).get("study", {}).get("options") == self.options_key()
 
     # -- 7: grid ----------------------------------------------------------------------------
     def grid(self) -> None:
@@ -272,7 +275,12 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--work", type=Path, default=HERE / "work", help="models, data, caches")
     parser.add_argument("--results", type=Path, default=HERE, help="RESULTS.md, pareto.png...")
     parser.add_argument("--gguf", type=Path, help="use this GGUF file instead of downloading")
-    parser.add_argument("--limit", type=float, help="documents per task (default: all)")
+    parser.add_argument(
+        "--limit", type=float, help="documents per task but PubMedQA (default: all)"
+    )
+    parser.add_argument(
+        "--pubmedqa-limit", type=float, help="PubMedQA questions (default: all 500)"
+    )
     parser.add_argument("--grid-limit", type=float, default=100, help="documents per grid task")
     parser.add_argument("--cpt-tokens", type=int, default=1_048_576, help="tokens per CPT model")
     parser.add_argument("--sequence-length", type=int, default=1024)
@@ -292,6 +300,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         results=arguments.results,
         gguf=arguments.gguf.absolute() if arguments.gguf else None,
         limit=arguments.limit,
+        pubmedqa_limit=arguments.pubmedqa_limit,
         grid_limit=arguments.grid_limit,
         cpt_tokens=arguments.cpt_tokens,
         sequence_length=arguments.sequence_length,

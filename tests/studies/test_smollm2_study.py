@@ -38,7 +38,7 @@ def run_study(work: Path, results: Path, gguf: Path) -> subprocess.CompletedProc
         sys.executable,
         str(SCRIPT),
         *("--work", work, "--results", results, "--gguf", gguf),
-        *("--limit", "2", "--tasks", "mm_pubmedqa"),
+        *("--limit", "2", "--pubmedqa-limit", "2", "--tasks", "mm_pubmedqa"),
         *("--cpt-tokens", "256", "--sequence-length", "64", "--micro-batch-size", "2"),
         *("--gradient-accumulation-steps", "1", "--held-out-fraction", "0.01"),
         *("--grid-values", "1", "--grid-limit", "2", "--grid-tasks", "mm_pubmedqa,ifeval_med"),
