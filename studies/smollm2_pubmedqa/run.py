@@ -20,12 +20,12 @@ From a clean clone, with mergemed's own library functions only:
 8. report: ``RESULTS.md``, ``pareto.png``, ``results.json`` in the results folder.
 
 Every stage skips what is already done, so an interrupted run continues when started again.
-The defaults are the settings for 2 CPU cores (about 3.5 hours, see RESULTS.md); ``--limit``,
+The defaults are the settings for 2 CPU cores (about 3.7 hours, see RESULTS.md); ``--limit``,
 ``--cpt-tokens`` and friends make a CI-sized run, ``--limit all --max-length 8192`` a GPU one::
 
     .venv/bin/python studies/smollm2_pubmedqa/run.py                 # the study, CPU settings
     .venv/bin/python studies/smollm2_pubmedqa/run.py --limit all --pubmedqa-limit all \
-        --max-length 8192 --device cuda                              # every document, on a GPU
+        --max-length 8192 --grid-values 3 --device cuda              # every document, on a GPU
 """
 
 from __future__ import annotations
