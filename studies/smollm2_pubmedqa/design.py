@@ -122,6 +122,20 @@ def model_plan() -> list[dict[str, Any]]:
     return plan
 
 
+def training_key(settings: Settings) -> dict[str, Any]:
+    """The settings the work folder's models depend on (the instruct parent, CPT, merges)."""
+    s = settings
+    return {
+        "gguf": str(s.gguf) if s.gguf else WHEEL,
+        "cpt_tokens": s.cpt_tokens,
+        "sequence_length": s.sequence_length,
+        "micro_batch_size": s.micro_batch_size,
+        "gradient_accumulation_steps": s.gradient_accumulation_steps,
+        "learning_rate": s.learning_rate,
+        "held_out_fraction": s.held_out_fraction,
+    }
+
+
 def eval_groups(settings: Settings) -> list[dict[str, Any]]:
     """The evaluation calls of one model: tasks that share a document limit go together
     (PubMedQA has its own, so that all 500 questions can be asked while the rest is limited)."""

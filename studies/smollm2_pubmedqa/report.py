@@ -201,10 +201,10 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
     for kind in ("configs", "recipes", "search"):
         if (study.work / kind).is_dir():
             shutil.copytree(study.work / kind, out / kind, dirs_exist_ok=True)
-    board_path = study.work / "grid_leaderboard.json"
+    board_path = study.grid_dir() / "leaderboard.json"
     board = json.loads(board_path.read_text()) if board_path.is_file() else None
-    if (study.work / "grid_pareto.png").is_file():
-        shutil.copy(study.work / "grid_pareto.png", out / "grid_pareto.png")
+    if (study.grid_dir() / "pareto.png").is_file():
+        shutil.copy(study.grid_dir() / "pareto.png", out / "grid_pareto.png")
     plot(rows, out / "pareto.png")
     training = {}
     for entry in plan:

@@ -31,6 +31,7 @@ The defaults are the settings for 2 CPU cores (about 3.7 hours, see RESULTS.md);
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -58,8 +59,13 @@ from design import (  # noqa: E402
     model_plan,
     recipe,
     slug,
+    training_key,
 )
 from report import write_results  # noqa: E402
+
+
+class StudyError(Exception):
+    """A run that cannot go on (one line, exit 2)."""
 
 
 class Study:
@@ -221,25 +227,50 @@ class Study:
         return json.loads(path.read_text()).get("study", {}).get("options") == self.options_key()
 
     # -- 7: grid ----------------------------------------------------------------------------
+    def grid_space(self) -> dict[str, Any]:
+        cpt = self.cpt_folder(self.settings.grid_ratio)
+        return grid_space(self.settings, self.instruct, cpt)
+
+    def grid_dir(self) -> Path:
+        """The search's run folder, one per space: other grid settings start another search
+        (an Optuna run folder refuses a changed space), the same ones resume it."""
+        digest = hashlib.sha256(json.dumps(self.grid_space(), sort_keys=True).encode())
+        return self.work / "grid" / digest.hexdigest()[:12]
+
     def grid(self) -> None:
         from mergemed.search.export import ranked_trials
         from mergemed.search.plot import plot_front
         from mergemed.search.study import leaderboard, run_search
 
-        space = self.write_yaml(
-            self.work / "search" / "grid_space.yaml",
-            grid_space(self.settings, self.instruct, self.cpt_folder(self.settings.grid_ratio)),
-        )
-        run = run_search(space, self.work / "grid", device=self.settings.device or "cpu")
+        folder = self.grid_dir()
+        space = self.write_yaml(self.work / "search" / "grid_space.yaml", self.grid_space())
+        run = run_search(space, folder / "run", device=self.settings.device or "cpu")
         board = leaderboard(run)
-        path = self.work / "grid_leaderboard.json"
-        path.write_text(json.dumps(board, indent=2, default=str) + "\n")
         ranked = ranked_trials(board)
-        plot_front(board, self.work / "grid_pareto.png", ranked[0] if ranked else None)
+        plot_front(board, folder / "pareto.png", ranked[0] if ranked else None)
+        (folder / "leaderboard.json").write_text(json.dumps(board, indent=2, default=str) + "\n")
 
     # -- the whole study --------------------------------------------------------------------
+    def check_work_folder(self) -> None:
+        """The models in a work folder belong to the training settings that made them: a run
+        with other ones is refused (evaluation and grid settings may change freely)."""
+        path = self.work / "study.json"
+        key = json.loads(json.dumps(training_key(self.settings)))
+        if path.is_file():
+            made = json.loads(path.read_text())["training"]
+            if made != key:
+                changed = sorted(k for k in key if made.get(k) != key[k])
+                raise StudyError(
+                    f"{self.work}: its models were made with other training settings "
+                    f"({', '.join(f'{k} {made.get(k)} -> {key[k]}' for k in changed)}); "
+                    "use another --work folder or delete this one"
+                )
+        else:
+            path.write_text(json.dumps({"training": key}, indent=2) + "\n")
+
     def run(self) -> Path:
         self.work.mkdir(parents=True, exist_ok=True)
+        self.check_work_folder()
         s = self.settings
         if s.gguf is None:
             self.stage("fetch", lambda: self.gguf_file().is_file(), self.fetch)
@@ -268,7 +299,7 @@ class Study:
                 lambda e=entry: self.evaluated(e),
                 lambda e=entry: self.evaluate(e),
             )
-        self.stage("grid", lambda: (self.work / "grid_leaderboard.json").is_file(), self.grid)
+        self.stage("grid", lambda: (self.grid_dir() / "leaderboard.json").is_file(), self.grid)
         return write_results(self, plan)
 
 
@@ -329,7 +360,11 @@ def parse(argv: list[str] | None = None) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     settings = parse(argv)
     began = time.time()
-    path = Study(settings, log=lambda line: print(line, flush=True)).run()
+    try:
+        path = Study(settings, log=lambda line: print(line, flush=True)).run()
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"study finished in {time.time() - began:.0f} s -> {path}", flush=True)
     return 0
 

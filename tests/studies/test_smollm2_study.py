@@ -1,7 +1,8 @@
 """The SmolLM2 x PubMedQA study (``studies/smollm2_pubmedqa/run.py``), CI-sized: the same script
 end to end on a tiny Llama written as a Q8_0 GGUF (so ``import gguf`` runs), two CPT steps per
 ratio, two documents per task. Its results table must hold every model the study names, and a
-second run must find every stage done and write the same table."""
+second run must find every stage done and write the same table, and a run with other training
+settings on the same work folder is refused."""
 
 from __future__ import annotations
 
@@ -33,13 +34,15 @@ MODELS = ["instruct", "cpt-0-1", "cpt-1-1", "cpt-9-1"] + [
 schedule and TIES: 19 models."""
 
 
-def run_study(work: Path, results: Path, gguf: Path) -> subprocess.CompletedProcess[str]:
+def run_study(
+    work: Path, results: Path, gguf: Path, tokens: int = 256, status: int = 0
+) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         str(SCRIPT),
         *("--work", work, "--results", results, "--gguf", gguf),
         *("--limit", "2", "--pubmedqa-limit", "2", "--tasks", "mm_pubmedqa"),
-        *("--cpt-tokens", "256", "--sequence-length", "64", "--micro-batch-size", "2"),
+        *("--cpt-tokens", tokens, "--sequence-length", "64", "--micro-batch-size", "2"),
         *("--gradient-accumulation-steps", "1", "--held-out-fraction", "0.01"),
         *("--grid-values", "1", "--grid-limit", "2", "--grid-tasks", "mm_pubmedqa,ifeval_med"),
         *("--max-gen-toks", "4"),
@@ -51,7 +54,7 @@ def run_study(work: Path, results: Path, gguf: Path) -> subprocess.CompletedProc
         timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == status, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -99,3 +102,10 @@ def test_ci_sized_study_runs_end_to_end_and_resumes(
     again = json.loads((results / "results.json").read_text())
     assert again["models"] == facts["models"]
     assert "[import]" in first.stdout
+
+    # Other training settings would mix models of two budgets in one table: refused.
+    refused = run_study(work, results, gguf, tokens=512, status=2)
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {work}: its models were made with other training settings (cpt_tokens 256 -> "
+        "512); use another --work folder or delete this one"
+    ]
