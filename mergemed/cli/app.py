@@ -25,6 +25,7 @@ from mergemed.cli import (
     demo,
     evaluate,
     grid,
+    import_checkpoint,
     inspect_models,
     merge,
     methods,
@@ -76,6 +77,7 @@ app.command()(merge.merge)
 app.command()(evaluate.evaluate)
 app.add_typer(train.train_app, name="train")
 app.add_typer(grid.grid_app, name="grid")
+app.add_typer(import_checkpoint.import_app, name="import")
 app.command()(plan.plan)
 app.command("inspect")(inspect_models.inspect_models)
 app.command()(validate.validate)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mergemed import __version__
+from mergemed.atomic import partial_path
 from mergemed.engine.prepare import MergeJob
 from mergemed.errors import OutputError
 from mergemed.io.writer import Shard, file_digest
@@ -48,7 +49,7 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 def partial_folder(output: Path) -> Path:
     """The hidden folder a merge into ``output`` is written in until it is complete."""
-    return output.parent / f".{output.name}.mergemed-partial"
+    return partial_path(output)
 
 
 def fingerprint(job: MergeJob, shards: list[Shard], chunk_elements: int) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergemed.atomic import replace_folder
+from mergemed.atomic import partial_path, replace_folder
 from mergemed.train.session import OVERWRITE_OPTION, TrainingSession
 from mergemed.train.training_report import write_report
 
@@ -33,7 +33,7 @@ class TrainResult:
 
 def partial_folder(output: Path) -> Path:
     """Where the trained model is written before it is renamed to ``output``."""
-    return output.parent / f".{output.name}.mergemed-partial"
+    return partial_path(output)
 
 
 def _readable_by_all(folder: Path) -> None:
