@@ -141,7 +141,18 @@ class Study:
         package = Path(str(resources.files("mergemed")))
         build = package / "evaluations" / "forgetting" / "text_perplexity" / "build.py"
         subprocess.run(
-            [sys.executable, str(build), "--task", "general_ppl", "--train-output", str(general)],
+            # The held-out documents go beside the training text, never into the package
+            # (general_ppl reads its own shipped copy; the split is deterministic).
+            [
+                sys.executable,
+                str(build),
+                "--task",
+                "general_ppl",
+                "--output",
+                str(general.with_name("general_ppl.held_out.jsonl")),
+                "--train-output",
+                str(general),
+            ],
             check=True,
         )
         records = (package / "evaluations" / "data" / "pubmedqa" / "train.jsonl").read_text()
