@@ -345,8 +345,9 @@ class GGUFFile:
         return flat[start:end]
 
     def _whole(self, name: str) -> torch.Tensor:
-        if self._cached is not None and self._cached[0] == name:
-            return self._cached[1]
+        cached = self._cached  # one read: another thread may replace it between two
+        if cached is not None and cached[0] == name:
+            return cached[1]
         import numpy as np
         from gguf.quants import dequantize
 
