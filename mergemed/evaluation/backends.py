@@ -127,3 +127,16 @@ def make_lm(
             **arguments,
             **settings.extra,
         )
+
+
+def release_lm(lm: Any) -> None:
+    """Stop a vLLM engine now rather than in interpreter shutdown.
+
+    vLLM's engine client leaves its engine-core process and I/O threads to finalizers; when they
+    run during interpreter exit, the process can abort ("terminate called without an active
+    exception", exit -6) after the scores were written. The hf backend has nothing to stop.
+    """
+    engine = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
+    shutdown = getattr(engine, "shutdown", None)
+    if callable(shutdown):
+        shutdown()

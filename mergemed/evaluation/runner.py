@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mergemed.errors import MergemedError
+from mergemed.evaluation.backends import release_lm
 from mergemed.evaluation.candidates import (
     Candidate,
     build_lm,
@@ -305,25 +306,32 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
                 "template, not the comparison's; use --chat-template per-model or off"
             )
         lm = build_lm(candidate, settings.backend, prompting)
-        for task in missing:
-            emit("task_start", {"label": candidate.label, "task": task})
-            begin = time.time()
-            arguments = {
-                **settings.lm_eval_arguments(templated[task]),
-                "gen_kwargs": keys[task][1]["gen_kwargs"],
-                "samples": {task: indices} if (indices := samples(task)) is not None else None,
-            }
-            output = run_task(lm, task, manager, arguments)
-            seconds = time.time() - begin
-            block = task_block(output, task)
-            blocks[task] = block
-            evaluation.evaluated.append(task)
-            if store is not None:
-                key, task_settings = keys[task]
-                store.put(
-                    key, block, model_label=candidate.label, settings=task_settings, seconds=seconds
-                )
-            emit("task_done", {"label": candidate.label, "task": task, "seconds": seconds})
+        try:
+            for task in missing:
+                emit("task_start", {"label": candidate.label, "task": task})
+                begin = time.time()
+                arguments = {
+                    **settings.lm_eval_arguments(templated[task]),
+                    "gen_kwargs": keys[task][1]["gen_kwargs"],
+                    "samples": {task: indices} if (indices := samples(task)) is not None else None,
+                }
+                output = run_task(lm, task, manager, arguments)
+                seconds = time.time() - begin
+                block = task_block(output, task)
+                blocks[task] = block
+                evaluation.evaluated.append(task)
+                if store is not None:
+                    key, task_settings = keys[task]
+                    store.put(
+                        key,
+                        block,
+                        model_label=candidate.label,
+                        settings=task_settings,
+                        seconds=seconds,
+                    )
+                emit("task_done", {"label": candidate.label, "task": task, "seconds": seconds})
+        finally:
+            release_lm(lm)
         del lm
     for task in wanted:
         add_block(evaluation, task, blocks[task])

@@ -79,6 +79,35 @@ class Settings:
         return max(1, self.cpt_tokens // self.tokens_per_step)
 
 
+SAMPLING_AND_BUDGET = (
+    "limit",
+    "pubmedqa_limit",
+    "grid_limit",
+    "cpt_tokens",
+    "sequence_length",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "max_gen_toks",
+    "max_length",
+    "tasks",
+    "grid_tasks",
+    "grid_values",
+    "held_out_fraction",
+)
+"""The settings a reader compares runs by (paths, the device and the command excepted)."""
+
+
+def departures(settings: Settings) -> list[tuple[str, Any, Any]]:
+    """``(setting, this run's value, the default)`` for each setting this run changed."""
+    default = Settings(work=settings.work, results=settings.results)
+    return [
+        (name, getattr(settings, name), getattr(default, name))
+        for name in SAMPLING_AND_BUDGET
+        if getattr(settings, name) != getattr(default, name)
+    ]
+
+
 def slug(ratio: str) -> str:
     return ratio.replace(":", "-")
 

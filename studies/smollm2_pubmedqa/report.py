@@ -264,6 +264,7 @@ def render(study: Any, facts: dict[str, Any]) -> str:
         f"wall time {total / 3600:.2f} h on {facts['machine']['cpu_cores']} CPU cores "
         f"(GPU: {facts['machine']['gpu']}).",
         "",
+        *_departure_lines(s),
         "## What the numbers show, and what they do not",
         "",
         *findings(rows, s),
@@ -358,6 +359,32 @@ def _grid_section(facts: dict[str, Any]) -> list[str]:
             f"{_change_cell(trial.get('forgetting'))} | {'yes' if trial['pareto'] else ''} |"
         )
     return [*lines, "", "![the grid's front](grid_pareto.png)", ""]
+
+
+def _departure_lines(settings: Any) -> list[str]:
+    """A paragraph naming the settings this run changed from the script's defaults."""
+    from design import departures
+
+    changed = departures(settings)
+    if not changed:
+        return ["These are the script's default settings.", ""]
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "all"
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+    parts = [
+        f"`--{name.replace('_', '-')}` {shown(value)} (default {shown(default)})"
+        for name, value, default in changed
+    ]
+    return [
+        "**Not the default settings.** This run changed " + "; ".join(parts) + ". Smaller "
+        "samples widen every interval; compare runs only at the same settings.",
+        "",
+    ]
 
 
 def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> list[str]:

@@ -84,6 +84,9 @@ def test_ci_sized_study_runs_end_to_end_and_resumes(
         1:
     ] == labels
     assert "## Schedule search on CPT 0:1" in report and facts["grid"]["trials"]
+    # A run off the defaults says which settings it changed.
+    assert "**Not the default settings.**" in report
+    assert "`--pubmedqa-limit` 2 (default 200)" in report and "`--tasks` mm_pubmedqa (" in report
     for picture in ("pareto.png", "grid_pareto.png"):
         assert (results / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for config in ("cpt-0-1.yaml", "cpt-1-1.yaml", "cpt-9-1.yaml"):
