@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,32 +60,27 @@ def open_run(
     run_folder = run_folder.expanduser().absolute()
     fingerprint = space.fingerprint()
     record_path = run_folder / RUN_FILE
-    if record_path.is_file():
-        recorded = json.loads(record_path.read_text())
-        if recorded.get("space_sha256") != fingerprint:
-            raise SearchError(
-                f"{run_folder}: holds a search of another space (its {RUN_FILE} records "
-                f"space {recorded.get('space_sha256', '?')[:12]}, this one is {fingerprint[:12]}); "
-                "use another --run-dir"
-            )
-        storage = storage or recorded.get("storage")
+    checked = record_path.is_file()
+    if checked:
+        storage = storage or _recorded_storage(record_path, fingerprint)
     storage = storage or f"sqlite:///{run_folder / 'study.sqlite'}"
     try:
         run_folder.mkdir(parents=True, exist_ok=True)
-        if not record_path.is_file():
-            _write_atomic(
-                record_path,
-                {
-                    "space_sha256": fingerprint,
-                    "study": f"mergemed-{fingerprint[:16]}",
-                    # never the password: it comes from the environment when needed
-                    "storage": redact(storage) if "://" in storage else storage,
-                    # the base recipe inline, so the folder alone reopens the search
-                    "space": {**space.model_dump(mode="json"), "recipe": space.base_recipe()},
-                },
-            )
+        checked = checked or _create_once(
+            record_path,
+            {
+                "space_sha256": fingerprint,
+                "study": f"mergemed-{fingerprint[:16]}",
+                # never the password: it comes from the environment when needed
+                "storage": redact(storage) if "://" in storage else storage,
+                # the base recipe inline, so the folder alone reopens the search
+                "space": {**space.model_dump(mode="json"), "recipe": space.base_recipe()},
+            },
+        )
     except OSError as error:
         raise SearchError(f"{run_folder}: cannot write the run folder: {error.strerror}") from None
+    if not checked:  # another worker made the folder's record first: it must be this space's
+        _recorded_storage(record_path, fingerprint)
     return SearchRun(run_folder, _with_password(storage), f"mergemed-{fingerprint[:16]}", space)
 
 
@@ -113,10 +109,37 @@ def _with_password(storage: str) -> str:
     return storage
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
+def _recorded_storage(record_path: Path, fingerprint: str) -> str | None:
+    """The storage a run folder's record names, after checking it records this space."""
+    recorded = json.loads(record_path.read_text())
+    if recorded.get("space_sha256") != fingerprint:
+        run_folder = record_path.parent
+        raise SearchError(
+            f"{run_folder}: holds a search of another space (its {RUN_FILE} records "
+            f"space {recorded.get('space_sha256', '?')[:12]}, this one is {fingerprint[:12]}); "
+            "use another --run-dir"
+        )
+    return recorded.get("storage")
+
+
+def _create_once(path: Path, data: dict[str, Any]) -> bool:
+    """Write ``path`` whole unless it exists; False when another process made it first.
+
+    Workers started together on one run folder all find no record: each writes its own
+    partial file and hard-links it into place, which succeeds for exactly one of them.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: last writer wins, whole either way
+        os.replace(partial, path)
+        return True
+    finally:
+        partial.unlink(missing_ok=True)
+    return True
 
 
 def load_study(run: SearchRun, *, create: bool = False) -> Any:
