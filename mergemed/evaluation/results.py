@@ -28,6 +28,9 @@ class ModelEvaluation:
     notes: dict[str, str] = field(default_factory=dict)
     """task -> what was adapted or is worth knowing (capped new tokens, truncated prompts)."""
     settings: dict[str, Any] = field(default_factory=dict)
+    task_seconds: dict[str, float | None] = field(default_factory=dict)
+    """task -> seconds its scoring took: now, or (a task read from the store) when it was
+    computed; None where the store has no timing. What a cold run of these tasks costs."""
 
     def score(self, task: str) -> Score | None:
         """The task's primary metric, or None if it was not scored."""
@@ -83,6 +86,9 @@ class EvaluationReport:
                     "evaluated_tasks": m.evaluated,
                     "skipped_tasks": m.skipped,
                     "notes": m.notes,
+                    "task_seconds": {
+                        t: None if v is None else round(v, 3) for t, v in m.task_seconds.items()
+                    },
                     "lm_eval": m.lm_eval,
                 }
                 for m in self.models

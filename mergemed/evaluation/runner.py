@@ -290,9 +290,10 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
             settings_hash(task_settings),
         )
         keys[task] = (key, task_settings)
-        if store is not None and (stored := store.get(key)) is not None:
-            blocks[task] = stored
+        if store is not None and (stored := store.lookup(key)) is not None:
+            blocks[task] = stored.result
             evaluation.cached.append(task)
+            evaluation.task_seconds[task] = stored.seconds
     missing = [t for t in wanted if t not in blocks]
     emit("model", {"label": candidate.label, "cached": evaluation.cached, "missing": missing})
 
@@ -320,6 +321,7 @@ def _evaluate_one(candidate: Candidate, comparison: Comparison) -> ModelEvaluati
                 block = task_block(output, task)
                 blocks[task] = block
                 evaluation.evaluated.append(task)
+                evaluation.task_seconds[task] = seconds
                 if store is not None:
                     key, task_settings = keys[task]
                     store.put(

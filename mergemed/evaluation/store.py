@@ -62,6 +62,15 @@ class ResultKey:
     settings_hash: str
 
 
+@dataclass(frozen=True)
+class StoredResult:
+    """A row of the store: lm-eval's result block, and the seconds its computation took
+    (None for rows written without a timing)."""
+
+    result: dict[str, Any]
+    seconds: float | None
+
+
 class ResultsStore:
     """A SQLite file of task results, keyed by :class:`ResultKey`.
 
@@ -85,13 +94,18 @@ class ResultsStore:
 
     def get(self, key: ResultKey) -> dict[str, Any] | None:
         """The stored result for ``key``, or None."""
+        stored = self.lookup(key)
+        return stored.result if stored is not None else None
+
+    def lookup(self, key: ResultKey) -> StoredResult | None:
+        """The stored result for ``key`` with how long it took to compute, or None."""
         with self._connect() as connection:
             row = connection.execute(
-                "SELECT result FROM results WHERE model_hash=? AND task=? AND task_version=? "
-                "AND settings_hash=?",
+                "SELECT result, seconds FROM results WHERE model_hash=? AND task=? "
+                "AND task_version=? AND settings_hash=?",
                 (key.model_hash, key.task, key.task_version, key.settings_hash),
             ).fetchone()
-        return json.loads(row[0]) if row else None
+        return StoredResult(json.loads(row[0]), row[1]) if row else None
 
     def put(
         self,

@@ -66,6 +66,7 @@ def collect(study: Any, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["domain_gain"] = row["domain_gain"] or summary.get("domain_gain")
             row["forgetting"] = row["forgetting"] or summary.get("forgetting")
         row["task_seconds"] = data["study"].get("task_seconds", {})
+        row["stored_tasks"] = data["study"].get("stored_tasks", [])
         rows.append(row)
     return rows
 
@@ -219,6 +220,7 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
         "machine": _machine(),
         "versions": {p: _version(p) for p in PACKAGES},
         "timings_seconds": study.timings,
+        "stored_results": _stored_results(rows),
         "models": rows,
         "training": {name: _training_facts(report) for name, report in training.items()},
         "grid": board,
@@ -228,6 +230,29 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
     path = out / "RESULTS.md"
     path.write_text(render(study, facts))
     return path
+
+
+def _stored_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task results the evaluation read from the store instead of computing them: how
+    many, of how many, and the scoring seconds the store recorded when they were computed
+    (an earlier run of the work folder; the evaluate stages' own times leave them out)."""
+    seconds, untimed, count, total = 0.0, 0, 0, 0
+    for row in rows:
+        total += len(row["task_seconds"])
+        for task in row["stored_tasks"]:
+            count += 1
+            spent = row["task_seconds"].get(f"{row['name']}/{task}")
+            if spent is None:
+                untimed += 1
+            else:
+                seconds += spent
+    return {"count": count, "of": total, "seconds": round(seconds, 1), "untimed": untimed}
+
+
+def _compute_seconds(facts: dict[str, Any]) -> float:
+    """The stages' own times plus the scoring time of results read from the store: what a
+    run from an empty work folder would have taken."""
+    return sum(facts["timings_seconds"].values()) + facts["stored_results"]["seconds"]
 
 
 def _prompt_format(study: Any) -> str:
@@ -249,8 +274,7 @@ def render(study: Any, facts: dict[str, Any]) -> str:
 
     rows, s = facts["models"], study.settings
     members = _members(rows)
-    timings = facts["timings_seconds"]
-    total = sum(timings.values())
+    total = _compute_seconds(facts)
     lines = ["# SmolLM2-135M-Instruct x PubMedQA: forgetting after CPT, recovery by merging", ""]
 
     def documents(limit: float | None) -> str:
@@ -387,6 +411,24 @@ def _departure_lines(settings: Any) -> list[str]:
     ]
 
 
+def _timing_lines(facts: dict[str, Any]) -> list[str]:
+    stored = facts["stored_results"]
+    text = (
+        "Each stage's seconds are those of the run that finished it (a resumed study keeps "
+        "the times of the stages it skipped)."
+    )
+    if stored["count"]:
+        text += (
+            f" {stored['count']} of the {stored['of']} task results were read from the result "
+            "store, computed by an earlier run of this work folder at the same settings; the "
+            f"evaluate row counts the {stored['seconds']:.0f} s of scoring the store recorded "
+            "for them then"
+            + (f" ({stored['untimed']} have no recorded time)" if stored["untimed"] else "")
+            + "."
+        )
+    return [text]
+
+
 def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> list[str]:
     s, work = study.settings, study.work
     timings = facts["timings_seconds"]
@@ -445,8 +487,10 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
         ("evaluate (19)", "evaluate"),
         ("grid", "grid"),
     ):
-        lines.append(f"| {name} | {group(prefix):.0f} |")
-    lines.append(f"| total | {sum(timings.values()):.0f} |")
+        stored = facts["stored_results"]["seconds"] if prefix == "evaluate" else 0.0
+        lines.append(f"| {name} | {group(prefix) + stored:.0f} |")
+    lines.append(f"| total | {_compute_seconds(facts):.0f} |")
+    lines += ["", *_timing_lines(facts)]
     machine = facts["machine"]
     lines += [
         "",

@@ -194,12 +194,6 @@ class Study:
         path = self.eval_path(entry["name"])
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        seconds: dict[str, float] = {}
-
-        def on_event(event: str, details: dict[str, Any]) -> None:
-            if event == "task_done":
-                seconds[f"{details['label']}/{details['task']}"] = round(details["seconds"], 1)
-
         calls, began = [], time.time()
         for group in eval_groups(self.settings):
             evaluate(
@@ -207,12 +201,25 @@ class Study:
                 against=against,
                 store=self.work / "results.sqlite",
                 json_path=partial,
-                on_event=on_event,
                 **group,
                 **eval_options(self.settings),
             )
             calls.append(json.loads(partial.read_text()))
-        study = {"model": entry, "options": self.options_key(), "task_seconds": seconds}
+        # Each task's scoring time, also for results read from the store (timed when they
+        # were computed), so that the report can say what a cold run costs.
+        own = [call["models"][entry["name"]] for call in calls]
+        seconds = {
+            f"{entry['name']}/{task}": spent
+            for model in own
+            for task, spent in model["task_seconds"].items()
+        }
+        stored = sorted(task for model in own for task in model["cached_tasks"])
+        study = {
+            "model": entry,
+            "options": self.options_key(),
+            "task_seconds": seconds,
+            "stored_tasks": stored,
+        }
         partial.write_text(json.dumps({"calls": calls, "study": study}, indent=2, default=str))
         partial.replace(path)
         self.log(f"  {entry['name']}: {time.time() - began:.0f} s")

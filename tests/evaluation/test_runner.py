@@ -157,6 +157,13 @@ def test_store_reuses_unchanged_weights_and_recomputes_after_one_value_changes(
     second = evaluate(model, tasks=[PUBMEDQA], limit=LIMIT, store=store)
     assert second.models[0].cached == [PUBMEDQA] and second.models[0].evaluated == []
     assert second.models[0].lm_eval["results"] == first.models[0].lm_eval["results"]
+    # A result read from the store reports what computing it cost, not the read.
+    spent = first.models[0].task_seconds[PUBMEDQA]
+    assert spent is not None and spent > 0
+    assert second.models[0].task_seconds == {PUBMEDQA: spent}
+    assert second.as_dict()["models"][second.models[0].label]["task_seconds"] == {
+        PUBMEDQA: round(spent, 3)
+    }
 
     weights = load_file(model / "model.safetensors")
     name = sorted(weights)[0]

@@ -29,6 +29,17 @@ def test_a_stored_result_reads_back_exactly(tmp_path: Path) -> None:
     assert reopened.get(_key()) == BLOCK
 
 
+def test_a_stored_result_keeps_how_long_it_took(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "r.sqlite")
+    assert store.lookup(_key()) is None
+    store.put(_key(), BLOCK, model_label="merged", settings={}, seconds=1.5)
+    store.put(_key(task="untimed"), BLOCK, model_label="merged", settings={})
+    timed = ResultsStore(tmp_path / "r.sqlite").lookup(_key())
+    assert timed is not None and timed.result == BLOCK and timed.seconds == 1.5
+    untimed = store.lookup(_key(task="untimed"))
+    assert untimed is not None and untimed.seconds is None
+
+
 @pytest.mark.parametrize("field", ["model_hash", "task", "task_version", "settings_hash"])
 def test_each_part_of_the_key_tells_results_apart(tmp_path: Path, field: str) -> None:
     store = ResultsStore(tmp_path / "r.sqlite")

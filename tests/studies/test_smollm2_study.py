@@ -106,6 +106,25 @@ def test_ci_sized_study_runs_end_to_end_and_resumes(
     assert again["models"] == facts["models"]
     assert "[import]" in first.stdout
 
+    # Evaluation files lost: the models are evaluated again from the result store, and the
+    # report still counts what scoring them cost (the store's times), not the reads.
+    (work / "eval").rename(work / "eval.lost")
+    run_study(work, results, gguf)
+    restored = json.loads((results / "results.json").read_text())
+    stored = restored["stored_results"]
+    assert stored["count"] == stored["of"] == sum(len(r["task_seconds"]) for r in facts["models"])
+    assert stored["untimed"] == 0
+    assert [r["task_seconds"] for r in restored["models"]] == [
+        r["task_seconds"] for r in facts["models"]
+    ]
+    assert stored["seconds"] == pytest.approx(
+        sum(sum(r["task_seconds"].values()) for r in facts["models"]), abs=0.1
+    )
+    assert [r["scores"] for r in restored["models"]] == [r["scores"] for r in facts["models"]]
+    assert f"{stored['count']} of the {stored['of']} task results were read from the result" in (
+        (results / "RESULTS.md").read_text()
+    )
+
     # Other training settings would mix models of two budgets in one table: refused.
     refused = run_study(work, results, gguf, tokens=512, status=2)
     assert refused.stderr.strip().splitlines() == [
