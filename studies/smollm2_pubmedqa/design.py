@@ -20,6 +20,8 @@ TASKS = (
 """PubMedQA (500-question test split), the two instruction-following sets, the long-context
 task (scored as its drop from the gold-only baseline) and held-out perplexities."""
 GRID_TASKS = ("mm_pubmedqa", "ifeval_med")
+HEADLINE_TASK = "ifeval_med"
+"""The headline metric: instruction following on medical prompts (200 in all)."""
 RATIOS = ("0:1", "1:1", "9:1")
 SLERP_T = (0.3, 0.5, 0.7)
 DEFINEMED_T = {
@@ -51,6 +53,10 @@ class Settings:
     """PubMedQA questions (None: the whole 500-question test split)."""
     grid_limit: float | None = 50
     """Documents per task for each grid candidate."""
+    headline_limit: float | None = None
+    """Prompts of the headline task for the grid ratio's family (the instruct parent, its CPT
+    model and all its merges), evaluated apart so that the headline row has its power (None:
+    all 200; 0: no headline stage)."""
     cpt_tokens: int = 131_072
     """Training tokens per CPT model, the same for every ratio."""
     sequence_length: int = 1024
@@ -83,6 +89,7 @@ SAMPLING_AND_BUDGET = (
     "limit",
     "pubmedqa_limit",
     "grid_limit",
+    "headline_limit",
     "cpt_tokens",
     "sequence_length",
     "micro_batch_size",
@@ -149,6 +156,22 @@ def model_plan() -> list[dict[str, Any]]:
             }
         )
     return plan
+
+
+def headline_family(settings: Settings) -> list[dict[str, Any]]:
+    """The models the headline stage evaluates: the instruct parent, the grid ratio's CPT
+    model and every merge of it (the best merge is chosen among them on the same prompts)."""
+    if settings.headline_limit == 0:
+        return []
+    return [
+        entry
+        for entry in model_plan()
+        if entry["kind"] == "parent" or entry.get("ratio") == settings.grid_ratio
+    ]
+
+
+def headline_groups(settings: Settings) -> list[dict[str, Any]]:
+    return [{"tasks": [HEADLINE_TASK], "limit": settings.headline_limit}]
 
 
 def training_key(settings: Settings) -> dict[str, Any]:

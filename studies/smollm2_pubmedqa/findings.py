@@ -24,6 +24,55 @@ def _value(row: dict[str, Any], member: str) -> float | None:
     return None if score is None else score.get("value")
 
 
+def _recovery(rows: list[dict[str, Any]], ratio: str, member: str) -> str | None:
+    """The best merge of one ratio's CPT model on ``member`` and the share of the CPT loss it
+    regains (a clause), or None when no merge of it was scored."""
+    by_name = {row["name"]: row for row in rows}
+    instruct, cpt = by_name["instruct"], by_name[f"cpt-{ratio.replace(':', '-')}"]
+    merges = [r for r in rows if r.get("ratio") == ratio and r["kind"] != "cpt"]
+    scored = [r for r in merges if _value(r, member) is not None]
+    if not scored or _value(cpt, member) is None:
+        return None
+    best = max(scored, key=lambda r: _value(r, member))
+    lost = _value(instruct, member) - _value(cpt, member)
+    gained = _value(best, member) - _value(cpt, member)
+    share = (
+        f"it regains {100 * gained / lost:.0f}% of the {lost:.3f} CPT lost (point estimates)"
+        if lost > 0
+        else "CPT lost nothing here, so there is nothing to recover"
+    )
+    return (
+        f"the best merge on `{member}` is {best['label']}, {_value(best, member):.3f}, change "
+        f"from instruct {_fmt(best['changes'].get(member))}; {share}"
+    )
+
+
+def headline_findings(rows: list[dict[str, Any]], settings: Any, member: str) -> list[str]:
+    """The headline bullet: forgetting and recovery on every prompt of ``member``, for the
+    grid ratio's CPT model and all its merges (evaluated apart from the main table)."""
+    by_name = {row["name"]: row for row in rows}
+    instruct = by_name.get("instruct")
+    ratio = settings.grid_ratio
+    cpt = by_name.get(f"cpt-{ratio.replace(':', '-')}")
+    if not instruct or not cpt or _value(instruct, member) is None:
+        return []
+    size = instruct["sizes"].get(member)
+    recovered = _recovery(rows, ratio, member)
+    return [
+        f"- **Headline: `{member}` on {size} prompts, CPT {ratio} and its merges** "
+        f"(prompt-level strict accuracy; instruct parent {_cell(instruct['scores'][member])}). "
+        f"Forgetting after continual pretraining: CPT {ratio} "
+        f"{_fmt(cpt['changes'].get(member))}, paired over the same prompts"
+        + (f"; {recovered}." if recovered else ".")
+    ]
+
+
+def _cell(score: dict[str, Any]) -> str:
+    return f"{score['value']:.3f}" + (
+        f" ± {score['stderr']:.3f}" if score.get("stderr") is not None else ""
+    )
+
+
 def findings(rows: list[dict[str, Any]], settings: Any) -> list[str]:
     """Bullet lines: forgetting after CPT, what the best merge recovered, the domain signal,
     then the limits of what was measured."""
@@ -45,25 +94,9 @@ def findings(rows: list[dict[str, Any]], settings: Any) -> list[str]:
     headline = "ifeval_med" if _value(instruct, "ifeval_med") is not None else None
     if headline:
         for ratio in ratios:
-            cpt = cpts[ratio]
-            merges = [r for r in rows if r.get("ratio") == ratio and r["kind"] not in ("cpt",)]
-            scored = [r for r in merges if _value(r, headline) is not None]
-            if not scored:
-                continue
-            best = max(scored, key=lambda r: _value(r, headline))
-            lost = _value(instruct, headline) - _value(cpt, headline)
-            gained = _value(best, headline) - _value(cpt, headline)
-            share = (
-                f"it regains {100 * gained / lost:.0f}% of the {lost:.3f} CPT lost (point "
-                "estimates)"
-                if lost > 0
-                else "CPT lost nothing here, so there is nothing to recover"
-            )
-            change = _fmt(best["changes"].get(headline))
-            lines.append(
-                f"- **Recovery, CPT {ratio}**: the best merge on `{headline}` is {best['label']}, "
-                f"{_value(best, headline):.3f}, change from instruct {change}; {share}."
-            )
+            recovered = _recovery(rows, ratio, headline)
+            if recovered:
+                lines.append(f"- **Recovery, CPT {ratio}**: {recovered}.")
     domain = [
         f"{r['label']} {_fmt(r['changes'].get('mm_pubmedqa'))}"
         for r in rows[1:]

@@ -8,10 +8,13 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from design import HEADLINE_TASK, headline_family
 
 MEMBERS = {
     "mm_pubmedqa": ("PubMedQA acc", "higher"),
@@ -32,13 +35,17 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def collect(study: Any, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def collect(
+    study: Any, plan: list[dict[str, Any]], path_of: Callable[[str], Path] | None = None
+) -> list[dict[str, Any]]:
     """One row per model: its scores per member and its change from the instruct parent
-    (M − I, paired where the documents are shared), over every evaluation call of it."""
+    (M − I, paired where the documents are shared), over every evaluation call of it (the
+    files ``path_of(name)``, by default the main evaluation's)."""
     rows = []
     for entry in plan:
-        data = json.loads(study.eval_path(entry["name"]).read_text())
+        data = json.loads((path_of or study.eval_path)(entry["name"]).read_text())
         row: dict[str, Any] = {**entry, "scores": {}, "changes": {}, "skipped": {}, "extra": {}}
+        row["sizes"] = {}
         row["domain_gain"] = row["forgetting"] = None
         for call in data["calls"]:
             summary = call["summary"]
@@ -58,6 +65,8 @@ def collect(study: Any, plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
             model = call["models"][label]
             row["skipped"].update(model["skipped_tasks"])
+            for task, counts in model["lm_eval"].get("n-samples", {}).items():
+                row["sizes"][task] = counts.get("effective", counts.get("original"))
             results = model["lm_eval"].get("results", {})
             for task in ("ifeval_med", "ifeval_general"):
                 value = results.get(task, {}).get("inst_level_strict_acc,none")
@@ -199,6 +208,12 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
     out = study.results
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(study, plan)
+    family = headline_family(study.settings)
+    headline = (
+        collect(study, family, study.headline_path)
+        if family and all(study.headline_path(e["name"]).is_file() for e in family)
+        else []
+    )
     for kind in ("configs", "recipes", "search"):
         if (study.work / kind).is_dir():
             shutil.copytree(study.work / kind, out / kind, dirs_exist_ok=True)
@@ -220,8 +235,9 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
         "machine": _machine(),
         "versions": {p: _version(p) for p in PACKAGES},
         "timings_seconds": study.timings,
-        "stored_results": _stored_results(rows),
+        "stored_results": _stored_results({"evaluate": rows, "headline": headline}),
         "models": rows,
+        "headline": {"task": HEADLINE_TASK, "models": headline},
         "training": {name: _training_facts(report) for name, report in training.items()},
         "grid": board,
         "prompt_format": _prompt_format(study),
@@ -232,21 +248,30 @@ def write_results(study: Any, plan: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _stored_results(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The task results the evaluation read from the store instead of computing them: how
-    many, of how many, and the scoring seconds the store recorded when they were computed
-    (an earlier run of the work folder; the evaluate stages' own times leave them out)."""
-    seconds, untimed, count, total = 0.0, 0, 0, 0
-    for row in rows:
-        total += len(row["task_seconds"])
-        for task in row["stored_tasks"]:
-            count += 1
-            spent = row["task_seconds"].get(f"{row['name']}/{task}")
-            if spent is None:
-                untimed += 1
-            else:
-                seconds += spent
-    return {"count": count, "of": total, "seconds": round(seconds, 1), "untimed": untimed}
+def _stored_results(stages: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The task results the evaluation stages read from the store instead of computing them:
+    how many, of how many, and the scoring seconds the store recorded when they were computed
+    (an earlier run of the work folder; the stages' own times leave them out), per stage."""
+    seconds: dict[str, float] = {}
+    untimed = count = total = 0
+    for stage, rows in stages.items():
+        seconds[stage] = 0.0
+        for row in rows:
+            total += len(row["task_seconds"])
+            for task in row["stored_tasks"]:
+                count += 1
+                spent = row["task_seconds"].get(f"{row['name']}/{task}")
+                if spent is None:
+                    untimed += 1
+                else:
+                    seconds[stage] += spent
+    return {
+        "count": count,
+        "of": total,
+        "seconds": round(sum(seconds.values()), 1),
+        "seconds_by_stage": {stage: round(value, 1) for stage, value in seconds.items()},
+        "untimed": untimed,
+    }
 
 
 def _compute_seconds(facts: dict[str, Any]) -> float:
@@ -270,9 +295,10 @@ def _training_facts(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(study: Any, facts: dict[str, Any]) -> str:
-    from findings import findings  # the study's own module: what the numbers show
+    from findings import findings, headline_findings  # the study's own: what the numbers show
 
     rows, s = facts["models"], study.settings
+    headline = facts["headline"]["models"]
     members = _members(rows)
     total = _compute_seconds(facts)
     lines = ["# SmolLM2-135M-Instruct x PubMedQA: forgetting after CPT, recovery by merging", ""]
@@ -282,8 +308,14 @@ def render(study: Any, facts: dict[str, Any]) -> str:
 
     lines += [
         f"Documents per task: PubMedQA {documents(s.pubmedqa_limit)} of 500, the other tasks "
-        f"{documents(s.limit)} (a seeded, label-stratified sample, the same for every model). "
-        f"CPT budget {s.cpt_tokens:,} tokens per model ({s.cpt_steps} steps of "
+        f"{documents(s.limit)} (a seeded, label-stratified sample, the same for every model)"
+        + (
+            f"; the headline `{HEADLINE_TASK}`, {documents(s.headline_limit)} of 200 prompts, "
+            f"for CPT {s.grid_ratio} and its merges. "
+            if headline
+            else ". "
+        )
+        + f"CPT budget {s.cpt_tokens:,} tokens per model ({s.cpt_steps} steps of "
         f"{s.tokens_per_step:,} tokens, learning rate {s.learning_rate:g}); "
         f"wall time {total / 3600:.2f} h on {facts['machine']['cpu_cores']} CPU cores "
         f"(GPU: {facts['machine']['gpu']}).",
@@ -291,8 +323,10 @@ def render(study: Any, facts: dict[str, Any]) -> str:
         *_departure_lines(s),
         "## What the numbers show, and what they do not",
         "",
+        *headline_findings(headline, s, HEADLINE_TASK),
         *findings(rows, s),
         "",
+        *_headline_section(headline, s),
         "## Every model (value ± stderr over documents)",
         "",
         "| model | " + " | ".join(MEMBERS[m][0] for m in members) + " |",
@@ -411,6 +445,36 @@ def _departure_lines(settings: Any) -> list[str]:
     ]
 
 
+def _headline_section(headline: list[dict[str, Any]], settings: Any) -> list[str]:
+    """The headline task on its own sample: the grid ratio's family, scores and paired
+    changes from the instruct parent."""
+    if not headline:
+        return []
+    title = MEMBERS[HEADLINE_TASK][0]
+    size = headline[0]["sizes"].get(HEADLINE_TASK)
+    lines = [
+        f"## Headline: `{HEADLINE_TASK}` on {size} prompts, CPT {settings.grid_ratio} and its "
+        "merges",
+        "",
+        "The main table's instruction-following columns rest on a small sample; here the "
+        f"instruct parent, the CPT {settings.grid_ratio} model and every merge of it answer "
+        f"{size} `{HEADLINE_TASK}` prompts (the same prompts for every model), so the best "
+        "merge is picked among all of them on the same footing.",
+        "",
+        f"| model | {title} | change from instruct (paired ± stderr, * p < 0.05) | "
+        "instruction-level |",
+        "|---|---|---|---|",
+    ]
+    for row in headline:
+        level = row["extra"].get(f"{HEADLINE_TASK} instruction-level")
+        lines.append(
+            f"| {row['label']} | {_cell(row['scores'].get(HEADLINE_TASK))} | "
+            f"{_change_cell(row['changes'].get(HEADLINE_TASK)) if row['kind'] != 'parent' else '–'}"
+            f" | {'–' if level is None else f'{level:.3f}'} |"
+        )
+    return [*lines, ""]
+
+
 def _timing_lines(facts: dict[str, Any]) -> list[str]:
     stored = facts["stored_results"]
     text = (
@@ -421,7 +485,7 @@ def _timing_lines(facts: dict[str, Any]) -> list[str]:
         text += (
             f" {stored['count']} of the {stored['of']} task results were read from the result "
             "store, computed by an earlier run of this work folder at the same settings; the "
-            f"evaluate row counts the {stored['seconds']:.0f} s of scoring the store recorded "
+            f"evaluation rows count the {stored['seconds']:.0f} s of scoring the store recorded "
             "for them then"
             + (f" ({stored['untimed']} have no recorded time)" if stored["untimed"] else "")
             + "."
@@ -485,9 +549,10 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
         ("train cpt (3)", "cpt"),
         ("merge (15)", "merge"),
         ("evaluate (19)", "evaluate"),
+        (f"headline {HEADLINE_TASK} ({len(facts['headline']['models'])})", "headline"),
         ("grid", "grid"),
     ):
-        stored = facts["stored_results"]["seconds"] if prefix == "evaluate" else 0.0
+        stored = facts["stored_results"]["seconds_by_stage"].get(prefix, 0.0)
         lines.append(f"| {name} | {group(prefix) + stored:.0f} |")
     lines.append(f"| total | {_compute_seconds(facts):.0f} |")
     lines += ["", *_timing_lines(facts)]

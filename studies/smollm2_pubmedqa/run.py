@@ -55,6 +55,8 @@ from design import (  # noqa: E402
     eval_groups,
     eval_options,
     grid_space,
+    headline_family,
+    headline_groups,
     model_plan,
     recipe,
     slug,
@@ -182,7 +184,19 @@ class Study:
     def eval_path(self, name: str) -> Path:
         return self.work / "eval" / f"{name}.json"
 
+    def headline_path(self, name: str) -> Path:
+        return self.work / "headline" / f"{name}.json"
+
     def evaluate(self, entry: dict[str, Any]) -> None:
+        self.evaluate_into(entry, self.eval_path(entry["name"]), eval_groups(self.settings))
+
+    def evaluate_headline(self, entry: dict[str, Any]) -> None:
+        self.evaluate_into(entry, self.headline_path(entry["name"]), headline_groups(self.settings))
+
+    def evaluate_into(
+        self, entry: dict[str, Any], path: Path, groups: list[dict[str, Any]]
+    ) -> None:
+        """One model's evaluation calls (``groups``) against its parents, into ``path``."""
         from mergemed.evaluation import evaluate
 
         folder = self.work / "models" / entry["name"]
@@ -191,11 +205,10 @@ class Study:
             against["instruct"] = self.instruct
         if entry["kind"] not in ("parent", "cpt"):
             against["clinical"] = self.cpt_folder(entry["ratio"])
-        path = self.eval_path(entry["name"])
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         calls, began = [], time.time()
-        for group in eval_groups(self.settings):
+        for group in groups:
             evaluate(
                 folder,
                 against=against,
@@ -216,7 +229,7 @@ class Study:
         stored = sorted(task for model in own for task in model["cached_tasks"])
         study = {
             "model": entry,
-            "options": self.options_key(),
+            "options": self.options_key(groups),
             "task_seconds": seconds,
             "stored_tasks": stored,
         }
@@ -224,16 +237,16 @@ class Study:
         partial.replace(path)
         self.log(f"  {entry['name']}: {time.time() - began:.0f} s")
 
-    def options_key(self) -> dict[str, Any]:
+    def options_key(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
         """What an evaluation's results depend on besides the model (JSON-normalised)."""
-        key = {"groups": eval_groups(self.settings), "options": eval_options(self.settings)}
+        key = {"groups": groups, "options": eval_options(self.settings)}
         return json.loads(json.dumps(key))
 
-    def evaluated(self, entry: dict[str, Any]) -> bool:
-        path = self.eval_path(entry["name"])
+    def evaluated(self, path: Path, groups: list[dict[str, Any]]) -> bool:
         if not path.is_file():
             return False
-        return json.loads(path.read_text()).get("study", {}).get("options") == self.options_key()
+        made = json.loads(path.read_text()).get("study", {}).get("options")
+        return made == self.options_key(groups)
 
     # -- 7: grid ----------------------------------------------------------------------------
     def grid_space(self) -> dict[str, Any]:
@@ -305,8 +318,14 @@ class Study:
         for entry in plan:
             self.stage(
                 f"evaluate {entry['name']}",
-                lambda e=entry: self.evaluated(e),
+                lambda e=entry: self.evaluated(self.eval_path(e["name"]), eval_groups(s)),
                 lambda e=entry: self.evaluate(e),
+            )
+        for entry in headline_family(s):
+            self.stage(
+                f"headline {entry['name']}",
+                lambda e=entry: self.evaluated(self.headline_path(e["name"]), headline_groups(s)),
+                lambda e=entry: self.evaluate_headline(e),
             )
         self.stage("grid", lambda: (self.grid_dir() / "leaderboard.json").is_file(), self.grid)
         return write_results(self, plan)
@@ -330,6 +349,12 @@ def parse(argv: list[str] | None = None) -> Settings:
     add("--limit", type=_limit, default=d.limit, help="documents per task but PubMedQA, or all")
     add("--pubmedqa-limit", type=_limit, default=d.pubmedqa_limit, help="PubMedQA questions")
     add("--grid-limit", type=_limit, default=d.grid_limit, help="documents per grid task")
+    add(
+        "--headline-limit",
+        type=_limit,
+        default="all",
+        help="ifeval_med prompts for the grid ratio's CPT model and its merges (0: none)",
+    )
     add("--cpt-tokens", type=int, default=d.cpt_tokens, help="training tokens per CPT model")
     add("--sequence-length", type=int, default=d.sequence_length)
     add("--micro-batch-size", type=int, default=d.micro_batch_size)
@@ -350,6 +375,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         limit=arguments.limit,
         pubmedqa_limit=arguments.pubmedqa_limit,
         grid_limit=arguments.grid_limit,
+        headline_limit=arguments.headline_limit,
         cpt_tokens=arguments.cpt_tokens,
         sequence_length=arguments.sequence_length,
         micro_batch_size=arguments.micro_batch_size,

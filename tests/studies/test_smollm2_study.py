@@ -45,7 +45,7 @@ def run_study(
         *("--cpt-tokens", tokens, "--sequence-length", "64", "--micro-batch-size", "2"),
         *("--gradient-accumulation-steps", "1", "--held-out-fraction", "0.01"),
         *("--grid-values", "1", "--grid-limit", "2", "--grid-tasks", "mm_pubmedqa,ifeval_med"),
-        *("--max-gen-toks", "4"),
+        *("--max-gen-toks", "4", "--headline-limit", "2"),
     ]
     result = subprocess.run(
         [str(part) for part in command],
@@ -84,6 +84,17 @@ def test_ci_sized_study_runs_end_to_end_and_resumes(
         1:
     ] == labels
     assert "## Schedule search on CPT 0:1" in report and facts["grid"]["trials"]
+    # The headline task on its own sample: the instruct parent, CPT 0:1 and its 5 merges.
+    headline = facts["headline"]["models"]
+    assert [row["name"] for row in headline] == [
+        name for name in MODELS if name == "instruct" or name.endswith("0-1")
+    ]
+    for row in headline:
+        assert row["sizes"]["ifeval_med"] == 2 and row["scores"]["ifeval_med"] is not None
+        if row["name"] != "instruct":
+            assert "ifeval_med" in row["changes"], row["name"]
+    assert "## Headline: `ifeval_med` on 2 prompts, CPT 0:1 and its merges" in report
+    assert "- **Headline: `ifeval_med` on 2 prompts" in report
     # A run off the defaults says which settings it changed.
     assert "**Not the default settings.**" in report
     assert "`--pubmedqa-limit` 2 (default 200)" in report and "`--tasks` mm_pubmedqa (" in report
@@ -109,16 +120,18 @@ def test_ci_sized_study_runs_end_to_end_and_resumes(
     # Evaluation files lost: the models are evaluated again from the result store, and the
     # report still counts what scoring them cost (the store's times), not the reads.
     (work / "eval").rename(work / "eval.lost")
+    (work / "headline").rename(work / "headline.lost")
     run_study(work, results, gguf)
     restored = json.loads((results / "results.json").read_text())
     stored = restored["stored_results"]
-    assert stored["count"] == stored["of"] == sum(len(r["task_seconds"]) for r in facts["models"])
+    every = facts["models"] + facts["headline"]["models"]
+    assert stored["count"] == stored["of"] == sum(len(r["task_seconds"]) for r in every)
     assert stored["untimed"] == 0
     assert [r["task_seconds"] for r in restored["models"]] == [
         r["task_seconds"] for r in facts["models"]
     ]
     assert stored["seconds"] == pytest.approx(
-        sum(sum(r["task_seconds"].values()) for r in facts["models"]), abs=0.1
+        sum(sum(r["task_seconds"].values()) for r in every), abs=0.1
     )
     assert [r["scores"] for r in restored["models"]] == [r["scores"] for r in facts["models"]]
     assert f"{stored['count']} of the {stored['of']} task results were read from the result" in (
