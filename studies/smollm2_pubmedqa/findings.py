@@ -63,7 +63,12 @@ def headline_findings(rows: list[dict[str, Any]], settings: Any, member: str) ->
         f"(prompt-level strict accuracy; instruct parent {_cell(instruct['scores'][member])}). "
         f"Forgetting after continual pretraining: CPT {ratio} "
         f"{_fmt(cpt['changes'].get(member))}, paired over the same prompts"
-        + (f"; {recovered}." if recovered else ".")
+        + (
+            f"; {recovered}. The best is picked among {len(rows) - 2} merges on these same "
+            "prompts, so its score leans optimistic by that choice."
+            if recovered
+            else "."
+        )
     ]
 
 
