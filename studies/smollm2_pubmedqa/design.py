@@ -38,9 +38,10 @@ TIES_DENSITY = 0.5
 class Settings:
     """Everything the study's numbers depend on (written to results.json and RESULTS.md).
 
-    The defaults are the settings recommended for a CPU (2 cores: about 3.7 hours, see
-    RESULTS.md); on a GPU run every document (``--limit all --pubmedqa-limit all``), every
-    context length that fits (``--max-length 8192``) and the 3 x 3 grid (``--grid-values 3``).
+    The defaults are the settings recommended for a CPU (2 cores: about 4 hours, estimated
+    from the stage times in RESULTS.md); on a GPU run every document (``--limit all
+    --pubmedqa-limit all``), every context length that fits (``--max-length 8192``) and the
+    3 x 3 grid (``--grid-values 3``).
     """
 
     work: Path

@@ -41,8 +41,10 @@ def _recovery(rows: list[dict[str, Any]], ratio: str, member: str) -> str | None
         if lost > 0
         else "CPT lost nothing here, so there is nothing to recover"
     )
+    size = instruct.get("sizes", {}).get(member)
     return (
-        f"the best merge on `{member}` is {best['label']}, {_value(best, member):.3f}, change "
+        f"the best merge on `{member}`{f' ({size} prompts)' if size else ''} is "
+        f"{best['label']}, {_value(best, member):.3f}, change "
         f"from instruct {_fmt(best['changes'].get(member))}; {share}"
     )
 
@@ -91,8 +93,10 @@ def findings(rows: list[dict[str, Any]], settings: Any) -> list[str]:
         if base is None:
             continue
         parts = [f"CPT {r}: {_fmt(cpts[r]['changes'].get(member))}" for r in ratios]
+        size = instruct.get("sizes", {}).get(member)
         lines.append(
-            f"- **Forgetting on `{member}`** (prompt-level strict accuracy; instruct parent "
+            f"- **Forgetting on `{member}`** (prompt-level strict accuracy"
+            f"{f' on {size} prompts' if size else ''}; instruct parent "
             f"{base:.3f}). Change after continual pretraining, model − instruct, paired over the "
             f"same prompts: {'; '.join(parts)}."
         )
@@ -138,6 +142,9 @@ def findings(rows: list[dict[str, Any]], settings: Any) -> list[str]:
             f"{'; '.join(changes)}."
         )
     size = "every document" if settings.limit is None else f"{settings.limit:g} documents per task"
+    pubmedqa = instruct.get("sizes", {}).get("mm_pubmedqa")
+    if pubmedqa and settings.pubmedqa_limit != settings.limit:
+        size += f", PubMedQA {pubmedqa}"
     lines += [
         "- **What they do not show.** One training seed per ratio: the stderrs are over "
         f"documents ({size}), not over training runs, so a difference between two merges of "

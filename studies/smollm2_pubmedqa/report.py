@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from design import HEADLINE_TASK, headline_family
+from design import HEADLINE_TASK, headline_family, headline_groups
 
 MEMBERS = {
     "mm_pubmedqa": ("PubMedQA acc", "higher"),
@@ -515,6 +515,17 @@ def _method_section(study: Any, facts: dict[str, Any], members: list[str]) -> li
         + common
         for group in eval_groups(study.settings)
     ]
+    if facts["headline"]["models"]:
+        cpt = f"cpt-{s.grid_ratio.replace(':', '-')}"
+        evaluate_lines += [
+            f"mergemed evaluate {work}/models/<instruct, {cpt} or a merge of it> "
+            f"--against instruct={work}/models/instruct [--against clinical={work}/models/{cpt}]"
+            f" --tasks {','.join(group['tasks'])}"
+            + (f" --limit {group['limit']:g}" if group["limit"] is not None else "")
+            + common
+            + "   # headline"
+            for group in headline_groups(study.settings)
+        ]
     lines = [
         "## How it was made",
         "",

@@ -15,12 +15,15 @@ From a clean clone, with mergemed's own library functions only:
    component-specific SLERP (DeFineMed's schedule); TIES (the CPT task vector, top 50% of
    magnitudes kept, lambda 1);
 6. evaluate: every model with ``evaluate`` (one prompt format for all, paired differences
-   against the instruct parent, results cached by weight hash);
+   against the instruct parent, results cached by weight hash); then the headline task
+   (``ifeval_med``, all 200 prompts) for the grid ratio's CPT model and every merge of it, so
+   that the headline row is not left to the small per-task sample;
 7. grid: ``run_search`` over layer-wise SLERP schedules on one CPT model;
 8. report: ``RESULTS.md``, ``pareto.png``, ``results.json`` in the results folder.
 
 Every stage skips what is already done, so an interrupted run continues when started again.
-The defaults are the settings for 2 CPU cores (about 3.7 hours, see RESULTS.md); ``--limit``,
+The defaults are the settings for 2 CPU cores (about 4 hours, estimated from the stage times in
+RESULTS.md, whose run took 2.4 h at smaller samples and budget); ``--limit``,
 ``--cpt-tokens`` and friends make a CI-sized run, ``--limit all --max-length 8192`` a GPU one::
 
     .venv/bin/python studies/smollm2_pubmedqa/run.py                 # the study, CPU settings
