@@ -109,6 +109,8 @@ def main(args: list[str] | None = None) -> None:
         _quit(error.exit_code, f"error: {one_line(error.format_message())}")
     except (KeyboardInterrupt, typer.Abort):
         status = INTERRUPTED
+    except SystemExit as leaving:  # a verb that ends itself (validate's problems: exit 2)
+        status = leaving.code
     except Exception as error:  # a bug: say so in one line; the traceback on request
         _hold_signals()
         if os.environ.get("MERGEMED_DEBUG"):
@@ -125,7 +127,25 @@ def main(args: list[str] | None = None) -> None:
         # Leave at once: a library's exit hook interrupted mid-way (a progress thread, a
         # tokenizer pool) can turn a clean 130 into death by SIGINT during shutdown.
         _quit(INTERRUPTED, "[yellow]interrupted[/]: run the same command again to resume", now=True)
-    sys.exit(status if isinstance(status, int) else 0)
+    code = status if isinstance(status, int) else 0 if status is None else 1
+    if _ran_vllm():
+        _leave_now(code)
+    sys.exit(code)
+
+
+def _ran_vllm() -> bool:
+    """Whether a vLLM engine ran in this process: vLLM can abort the interpreter's shutdown
+    (a C++ "terminate called", exit -6) after every output is written, so such a run leaves
+    without finalizers. Read from ``sys.modules`` so that no command imports the backends
+    (and torch) just to ask."""
+    backends = sys.modules.get("mergemed.evaluation.backends")
+    return backends is not None and backends.vllm_started()
+
+
+def _leave_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _reported_here(error: MergemedError) -> bool:
@@ -157,8 +177,6 @@ def _quit(status: int, line: str | None, *, now: bool = False, every_worker: boo
             console.print(line)
     elif not now:
         outlive_worker_zero()
-    if now or launched_world_size() > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+    if now or launched_world_size() > 1 or _ran_vllm():
+        _leave_now(status)
     sys.exit(status)

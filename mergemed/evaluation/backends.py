@@ -94,6 +94,9 @@ def make_lm(
             )
         from lm_eval.models.vllm_causallms import VLLM
 
+        global _vllm_started
+        _vllm_started = True
+
         arguments: dict[str, Any] = {
             "pretrained": str(folder),
             "dtype": settings.dtype,
@@ -129,12 +132,23 @@ def make_lm(
         )
 
 
+_vllm_started = False
+
+
+def vllm_started() -> bool:
+    """Whether this process has started a vLLM engine (see :func:`release_lm`)."""
+    return _vllm_started
+
+
 def release_lm(lm: Any) -> None:
     """Stop a vLLM engine now rather than in interpreter shutdown.
 
     vLLM's engine client leaves its engine-core process and I/O threads to finalizers; when they
     run during interpreter exit, the process can abort ("terminate called without an active
     exception", exit -6) after the scores were written. The hf backend has nothing to stop.
+    Stopping the engine makes that rare but not impossible (one run in a few dozen on a busy
+    CPU): ``mergemed``'s command line therefore leaves without interpreter finalizers once a
+    vLLM engine has run, after its outputs are written and flushed.
     """
     engine = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
     shutdown = getattr(engine, "shutdown", None)

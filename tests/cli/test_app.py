@@ -146,3 +146,35 @@ def test_help_version_validate_and_methods_load_no_heavy_library(tmp_path: Path)
     from mergemed import __version__
 
     assert f"mergemed {__version__}" in result.stdout
+
+
+LEAVE_SCRIPT = """
+import atexit, sys
+import mergemed.evaluation.backends as backends
+from mergemed.cli import main
+
+atexit.register(lambda: print("finalizers ran", flush=True))
+backends._vllm_started = sys.argv[1] == "vllm"  # what building a vLLM lm-eval model sets
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("engine", ["vllm", "hf"])
+@pytest.mark.parametrize("args", [("methods",), ("validate", "missing.yaml")])
+def test_a_run_that_started_vllm_leaves_without_finalizers(
+    tmp_path: Path, engine: str, args: tuple[str, ...]
+) -> None:
+    # vLLM can abort the interpreter's shutdown after the outputs are written: once an engine
+    # ran, the command leaves at once with its own status (0, or 2 after an error line), its
+    # output flushed; without one, exit hooks run as usual.
+    result = subprocess.run(
+        [sys.executable, "-c", LEAVE_SCRIPT, engine, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    expected = 0 if args == ("methods",) else 2
+    assert result.returncode == expected, result.stderr
+    assert ("slerp" in result.stdout) if expected == 0 else ("missing.yaml" in result.stderr)
+    assert ("finalizers ran" in result.stdout) == (engine == "hf")
