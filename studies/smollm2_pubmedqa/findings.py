@@ -62,7 +62,8 @@ def headline_findings(rows: list[dict[str, Any]], settings: Any, member: str) ->
     recovered = _recovery(rows, ratio, member)
     return [
         f"- **Headline: `{member}` on {size} prompts, CPT {ratio} and its merges** "
-        f"(prompt-level strict accuracy; instruct parent {_cell(instruct['scores'][member])}). "
+        "(prompt-level strict accuracy; instruct parent "
+        f"{score_text(instruct['scores'][member])}). "
         f"Forgetting after continual pretraining: CPT {ratio} "
         f"{_fmt(cpt['changes'].get(member))}, paired over the same prompts"
         + (
@@ -74,10 +75,13 @@ def headline_findings(rows: list[dict[str, Any]], settings: Any, member: str) ->
     ]
 
 
-def _cell(score: dict[str, Any]) -> str:
-    return f"{score['value']:.3f}" + (
-        f" ± {score['stderr']:.3f}" if score.get("stderr") is not None else ""
-    )
+def score_text(score: dict[str, Any] | None, digits: int = 3) -> str:
+    """``value ± stderr`` (just the value without a stderr; "–" when not scored)."""
+    if score is None or score.get("value") is None:
+        return "–"
+    value = f"{score['value']:.{digits}f}"
+    stderr = score.get("stderr")
+    return value if stderr is None else f"{value} ± {stderr:.{digits}f}"
 
 
 def findings(rows: list[dict[str, Any]], settings: Any) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from design import HEADLINE_TASK, headline_family, headline_groups
+from findings import findings, headline_findings, score_text
 
 MEMBERS = {
     "mm_pubmedqa": ("PubMedQA acc", "higher"),
@@ -78,14 +79,6 @@ def collect(
         row["stored_tasks"] = data["study"].get("stored_tasks", [])
         rows.append(row)
     return rows
-
-
-def _cell(score: dict[str, Any] | None, digits: int = 3) -> str:
-    if score is None or score.get("value") is None:
-        return "–"
-    value = f"{score['value']:.{digits}f}"
-    stderr = score.get("stderr")
-    return value if stderr is None else f"{value} ± {stderr:.{digits}f}"
 
 
 def _change_cell(change: dict[str, Any] | None, digits: int = 3) -> str:
@@ -295,8 +288,6 @@ def _training_facts(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(study: Any, facts: dict[str, Any]) -> str:
-    from findings import findings, headline_findings  # the study's own: what the numbers show
-
     rows, s = facts["models"], study.settings
     headline = facts["headline"]["models"]
     members = _members(rows)
@@ -336,7 +327,7 @@ def render(study: Any, facts: dict[str, Any]) -> str:
     lines[-2] += "".join(f" {name} |" for name in extras)
     lines[-1] += "---|" * len(extras)
     for row in rows:
-        cells = [_cell(row["scores"].get(m), 2 if m.endswith("ppl") else 3) for m in members]
+        cells = [score_text(row["scores"].get(m), 2 if m.endswith("ppl") else 3) for m in members]
         cells += [f"{row['extra'][name]:.3f}" if name in row["extra"] else "–" for name in extras]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += [
@@ -467,10 +458,10 @@ def _headline_section(headline: list[dict[str, Any]], settings: Any) -> list[str
     ]
     for row in headline:
         level = row["extra"].get(f"{HEADLINE_TASK} instruction-level")
+        change = row["changes"].get(HEADLINE_TASK) if row["kind"] != "parent" else None
         lines.append(
-            f"| {row['label']} | {_cell(row['scores'].get(HEADLINE_TASK))} | "
-            f"{_change_cell(row['changes'].get(HEADLINE_TASK)) if row['kind'] != 'parent' else '–'}"
-            f" | {'–' if level is None else f'{level:.3f}'} |"
+            f"| {row['label']} | {score_text(row['scores'].get(HEADLINE_TASK))} | "
+            f"{_change_cell(change)} | {'–' if level is None else f'{level:.3f}'} |"
         )
     return [*lines, ""]
 

@@ -355,7 +355,7 @@ def parse(argv: list[str] | None = None) -> Settings:
     add(
         "--headline-limit",
         type=_limit,
-        default="all",
+        default=d.headline_limit,
         help="ifeval_med prompts for the grid ratio's CPT model and its merges (0: none)",
     )
     add("--cpt-tokens", type=int, default=d.cpt_tokens, help="training tokens per CPT model")
